@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the tests and the lab need on a fresh Debian bookworm machine
+# that has only the Rust toolchain: containerd, runc, docker.io, iproute2,
+# busybox, and QEMU >= 8.0 (igb) from bookworm-backports. Safe to re-run.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+
+src=/etc/apt/sources.list.d/bookworm-backports.sources
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  cat >"$src" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  updated=
+fi
+
+need=()
+for p in containerd runc docker.io iproute2 busybox-static cpio kmod util-linux procps e2fsprogs; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+qemu_ok=
+if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p')
+  [ "${v:-0}" -ge 8 ] && qemu_ok=1
+fi
+if [ ${#need[@]} -gt 0 ] || [ -z "$qemu_ok" ] || [ -z "${updated-x}" ]; then
+  apt-get update -q
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+if [ -z "$qemu_ok" ]; then
+  apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+fi
