@@ -3,5 +3,16 @@
 //! spec so that a container (above all a Kata VM) gets the VF. See
 //! `DESIGN.md` in the repository for the module map.
 
+pub mod claim;
+pub mod config;
 pub mod guestnet;
+pub mod ifconf;
+pub mod iommu;
+pub mod ledger;
+pub mod netlink;
 pub mod pci;
+pub mod request;
+pub mod rtnl;
+pub mod spec;
+pub mod sysfs;
+pub mod vfio;
