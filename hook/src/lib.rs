@@ -15,4 +15,5 @@ pub mod request;
 pub mod rtnl;
 pub mod spec;
 pub mod sysfs;
+pub mod testing;
 pub mod vfio;

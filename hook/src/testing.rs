@@ -1,0 +1,310 @@
+//! Test support: fake sysfs trees built as data in a directory, and a fake
+//! driver binder that moves the `driver` links of such a tree the way the
+//! kernel would. Used by this crate's tests, by the other crates' tests and
+//! by the benchmarks; production code never constructs these (they only act
+//! on the directory they are given).
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::pci::PciAddress;
+use crate::sysfs::SysfsRoot;
+use crate::vfio::{DriverBinder, VfioError};
+
+/// A PCI device to put into a fake tree.
+#[derive(Debug, Clone)]
+pub struct FakeDevice {
+    pub addr: String,
+    pub vendor: u16,
+    pub device: u16,
+    pub class: u32,
+    pub driver: Option<String>,
+    /// IOMMU group; None: a new group of its own (unless the IOMMU is off).
+    pub group: Option<u32>,
+}
+
+impl FakeDevice {
+    pub fn endpoint(addr: &str) -> Self {
+        FakeDevice {
+            addr: addr.into(),
+            vendor: 0x8086,
+            device: 0x1572,
+            class: 0x020000,
+            driver: Some("i40e".into()),
+            group: None,
+        }
+    }
+    pub fn bridge(addr: &str) -> Self {
+        FakeDevice {
+            class: 0x060400,
+            device: 0x2030,
+            driver: Some("pcieport".into()),
+            ..FakeDevice::endpoint(addr)
+        }
+    }
+    pub fn in_group(mut self, g: u32) -> Self {
+        self.group = Some(g);
+        self
+    }
+}
+
+/// A fake `/sys` under a directory.
+pub struct FakeSysfs {
+    dir: PathBuf,
+    next_group: AtomicU32,
+    iommu: bool,
+}
+
+fn write(path: &Path, content: &str) {
+    if let Some(p) = path.parent() {
+        let _ = fs::create_dir_all(p);
+    }
+    let _ = fs::write(path, content);
+}
+
+fn relink_at(link: &Path, target: &str) {
+    let _ = fs::remove_file(link);
+    if let Some(p) = link.parent() {
+        let _ = fs::create_dir_all(p);
+    }
+    let _ = symlink(target, link);
+}
+
+/// The address of VF `i` of a PF: routing id PF + 0x80 + i, as many NICs do.
+pub fn vf_address(pf: PciAddress, i: u32) -> PciAddress {
+    let rid =
+        (u32::from(pf.bus) << 8 | u32::from(pf.device) << 3 | u32::from(pf.function)) + 0x80 + i;
+    PciAddress {
+        domain: pf.domain + (rid >> 16),
+        bus: (rid >> 8) as u8,
+        device: ((rid >> 3) & 0x1f) as u8,
+        function: (rid & 7) as u8,
+    }
+}
+
+impl FakeSysfs {
+    /// A tree with the IOMMU on.
+    pub fn new(dir: &Path) -> Self {
+        let f = FakeSysfs {
+            dir: dir.to_owned(),
+            next_group: AtomicU32::new(10),
+            iommu: true,
+        };
+        for d in [
+            "bus/pci/devices",
+            "bus/pci/drivers",
+            "class/net",
+            "kernel/iommu_groups",
+        ] {
+            let _ = fs::create_dir_all(dir.join(d));
+        }
+        write(&dir.join("bus/pci/drivers_probe"), "");
+        f
+    }
+
+    /// A tree whose kernel runs without an IOMMU: no groups at all.
+    pub fn without_iommu(dir: &Path) -> Self {
+        FakeSysfs {
+            iommu: false,
+            ..FakeSysfs::new(dir)
+        }
+    }
+
+    pub fn root(&self) -> SysfsRoot {
+        SysfsRoot::new(&self.dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn ensure_driver(&self, name: &str) {
+        let d = self.dir.join("bus/pci/drivers").join(name);
+        if !d.exists() {
+            write(&d.join("bind"), "");
+            write(&d.join("unbind"), "");
+        }
+    }
+
+    /// Puts `addr` into IOMMU group `g`.
+    pub fn set_group(&self, addr: PciAddress, g: u32) {
+        let gdir = self.dir.join(format!("kernel/iommu_groups/{g}/devices"));
+        let _ = fs::create_dir_all(&gdir);
+        relink_at(
+            &gdir.join(addr.to_string()),
+            &format!("../../../../bus/pci/devices/{addr}"),
+        );
+        relink_at(
+            &self.dir.join(format!("bus/pci/devices/{addr}/iommu_group")),
+            &format!("../../../../kernel/iommu_groups/{g}"),
+        );
+    }
+
+    /// Adds a device; returns its address.
+    pub fn add_device(&self, dev: FakeDevice) -> PciAddress {
+        let addr: PciAddress = dev.addr.parse().unwrap_or(PciAddress {
+            domain: 0,
+            bus: 0,
+            device: 0,
+            function: 0,
+        });
+        let d = self.dir.join("bus/pci/devices").join(addr.to_string());
+        let _ = fs::create_dir_all(&d);
+        write(&d.join("vendor"), &format!("0x{:04x}\n", dev.vendor));
+        write(&d.join("device"), &format!("0x{:04x}\n", dev.device));
+        write(&d.join("class"), &format!("0x{:06x}\n", dev.class));
+        write(&d.join("driver_override"), "(null)\n");
+        if let Some(drv) = &dev.driver {
+            self.set_driver(addr, Some(drv));
+        }
+        if self.iommu {
+            let g = dev
+                .group
+                .unwrap_or_else(|| self.next_group.fetch_add(1, Ordering::Relaxed));
+            self.set_group(addr, g);
+        }
+        addr
+    }
+
+    /// Points a device's `driver` link at `driver` (or removes it).
+    pub fn set_driver(&self, addr: PciAddress, driver: Option<&str>) {
+        let link = self.dir.join(format!("bus/pci/devices/{addr}/driver"));
+        match driver {
+            Some(drv) => {
+                self.ensure_driver(drv);
+                relink_at(&link, &format!("../../drivers/{drv}"));
+            }
+            None => {
+                let _ = fs::remove_file(&link);
+            }
+        }
+    }
+
+    /// Adds a network interface to a device.
+    pub fn add_netdev(&self, addr: PciAddress, name: &str) {
+        let _ = fs::create_dir_all(self.dir.join(format!("bus/pci/devices/{addr}/net/{name}")));
+        relink_at(
+            &self.dir.join(format!("class/net/{name}/device")),
+            &format!("../../../bus/pci/devices/{addr}"),
+        );
+    }
+
+    /// A PF with `num` VFs on iavf (netdevs `<pf>v<i>`), `total` possible.
+    pub fn add_pf(&self, addr: &str, netdev: &str, num: u32, total: u32) -> PciAddress {
+        self.add_pf_with(addr, netdev, num, total, Some("iavf"))
+    }
+
+    /// A PF whose VFs are bound to `vf_driver` (a VF on vfio-pci or on no
+    /// driver has no netdev).
+    pub fn add_pf_with(
+        &self,
+        addr: &str,
+        netdev: &str,
+        num: u32,
+        total: u32,
+        vf_driver: Option<&str>,
+    ) -> PciAddress {
+        let pf = self.add_device(FakeDevice {
+            device: 0x1593,
+            driver: Some("ice".into()),
+            ..FakeDevice::endpoint(addr)
+        });
+        let d = self.dir.join(format!("bus/pci/devices/{pf}"));
+        write(&d.join("sriov_totalvfs"), &format!("{total}\n"));
+        write(&d.join("sriov_numvfs"), &format!("{num}\n"));
+        write(&d.join("sriov_drivers_autoprobe"), "1\n");
+        self.add_netdev(pf, netdev);
+        if let Some(drv) = vf_driver {
+            self.ensure_driver(drv);
+        }
+        for i in 0..num {
+            let vf = vf_address(pf, i);
+            self.add_device(FakeDevice {
+                addr: vf.to_string(),
+                device: 0x154c,
+                driver: vf_driver.map(str::to_owned),
+                ..FakeDevice::endpoint("")
+            });
+            relink_at(&d.join(format!("virtfn{i}")), &format!("../{vf}"));
+            relink_at(
+                &self.dir.join(format!("bus/pci/devices/{vf}/physfn")),
+                &format!("../{pf}"),
+            );
+            if vf_driver.is_some_and(|v| v != "vfio-pci") {
+                self.add_netdev(vf, &format!("{netdev}v{i}"));
+            }
+        }
+        pf
+    }
+
+    /// Replaces a symlink (path relative to the tree) with one to `target`.
+    pub fn relink(&self, rel: &str, target: &str) {
+        relink_at(&self.dir.join(rel), target);
+    }
+
+    /// Writes a file (path relative to the tree).
+    pub fn write(&self, rel: &str, content: &str) {
+        write(&self.dir.join(rel), content);
+    }
+}
+
+/// A [`DriverBinder`] for fake trees: moves the `driver` link as the kernel
+/// would, after an optional delay (standing in for a VF's function-level
+/// reset), and fails on demand.
+pub struct FakeBinder {
+    root: PathBuf,
+    pub delay: Duration,
+    fail_driver: Mutex<Option<String>>,
+    binds: AtomicU32,
+}
+
+impl FakeBinder {
+    pub fn new(fake: &FakeSysfs) -> Self {
+        FakeBinder {
+            root: fake.dir.clone(),
+            delay: Duration::ZERO,
+            fail_driver: Mutex::new(None),
+            binds: AtomicU32::new(0),
+        }
+    }
+    pub fn with_delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+    /// Every bind to `driver` fails from now on (None: none fails).
+    pub fn fail_binding_to(&self, driver: Option<&str>) {
+        if let Ok(mut f) = self.fail_driver.lock() {
+            *f = driver.map(str::to_owned);
+        }
+    }
+    /// How many binds were done.
+    pub fn binds(&self) -> u32 {
+        self.binds.load(Ordering::Relaxed)
+    }
+}
+
+impl DriverBinder for FakeBinder {
+    fn bind(&self, addr: PciAddress, driver: Option<&str>) -> Result<(), VfioError> {
+        std::thread::sleep(self.delay);
+        let fail = self.fail_driver.lock().ok().and_then(|f| f.clone());
+        if driver.is_some() && fail.as_deref() == driver {
+            return Err(VfioError::BindFailed {
+                addr,
+                driver: driver.unwrap_or_default().to_owned(),
+                now: None,
+            });
+        }
+        self.binds.fetch_add(1, Ordering::Relaxed);
+        let fake = FakeSysfs {
+            dir: self.root.clone(),
+            next_group: AtomicU32::new(0),
+            iommu: true,
+        };
+        fake.set_driver(addr, driver);
+        Ok(())
+    }
+}
