@@ -1,0 +1,208 @@
+//! Real kernel tests of `rtnl` and `netlink`: each test makes its own
+//! network namespace (`ip netns add`, unique name), runs its body in a
+//! thread that `setns`es into it, and deletes the namespace at the end.
+//! Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN); `ip` is used only to set up
+//! and to check what the kernel reports.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::fs::File;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use kata_sriov::rtnl::Rtnl;
+use netlink_packet_core::NLM_F_DUMP;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use nix::sched::{setns, CloneFlags};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!(
+            "ks-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        Netns { name }
+    }
+
+    /// `ip -n <ns> args...`, which must succeed; returns stdout.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Adds a veth pair `a` <-> `b` in the namespace.
+    fn veth(&self, a: &str, b: &str) {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    }
+
+    /// Index of `dev` as `ip` reports it.
+    fn ifindex(&self, dev: &str) -> u32 {
+        let out = self.ip(&["-o", "link", "show", "dev", dev]);
+        out.split(':').next().unwrap().trim().parse().unwrap()
+    }
+
+    /// Runs `f` in a thread that has joined the namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let fd = File::open(&path).unwrap();
+                setns(&fd, CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn rtnl_link_index_matches_ip_and_missing_link_is_enodev() {
+    let ns = Netns::new("idx");
+    ns.veth("va0", "vb0");
+    let (lo, va, vb, missing) = ns.run(|| {
+        let r = Rtnl::open().unwrap();
+        (
+            r.link_index("lo").unwrap(),
+            r.link_index("va0").unwrap(),
+            r.link_index("vb0").unwrap(),
+            r.link_index("nosuch0").unwrap_err(),
+        )
+    });
+    assert_eq!(lo, 1);
+    assert_eq!(va, ns.ifindex("va0"));
+    assert_eq!(vb, ns.ifindex("vb0"));
+    assert_ne!(va, vb);
+    assert_eq!(missing.errno(), Some(libc::ENODEV), "{missing}");
+    let text = missing.to_string();
+    assert!(text.contains("RTM_GETLINK for link \"nosuch0\""), "{text}");
+    assert!(text.contains("ENODEV"), "{text}");
+}
+
+#[test]
+fn rtnl_socket_stays_in_the_namespace_it_was_opened_in() {
+    let ns = Netns::new("stay");
+    ns.veth("onlyhere0", "onlyhere1");
+    // Opened inside the namespace, used from this (host namespace) thread.
+    let r = ns.run(|| Rtnl::open().unwrap());
+    assert_eq!(r.link_index("onlyhere0").unwrap(), ns.ifindex("onlyhere0"));
+    // A socket opened here does not see it.
+    let host = Rtnl::open().unwrap();
+    assert_eq!(
+        host.link_index("onlyhere0").unwrap_err().errno(),
+        Some(libc::ENODEV)
+    );
+}
+
+#[test]
+fn rtnl_set_link_up_sets_iff_up() {
+    let ns = Netns::new("up");
+    ns.veth("upa0", "upb0");
+    assert!(!ns
+        .ip(&["-o", "link", "show", "dev", "upa0"])
+        .contains(",UP"));
+    ns.run(|| {
+        let r = Rtnl::open().unwrap();
+        let i = r.link_index("upa0").unwrap();
+        r.set_link_up(i).unwrap();
+    });
+    let shown = ns.ip(&["-o", "link", "show", "dev", "upa0"]);
+    assert!(shown.contains(",UP"), "{shown}");
+    // The peer was not touched.
+    let peer = ns.ip(&["-o", "link", "show", "dev", "upb0"]);
+    assert!(!peer.contains(",UP"), "{peer}");
+}
+
+#[test]
+fn rtnl_set_link_up_on_missing_index_is_enodev() {
+    let ns = Netns::new("upmiss");
+    let err = ns.run(|| Rtnl::open().unwrap().set_link_up(4_000_000).unwrap_err());
+    assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+    assert!(err
+        .to_string()
+        .contains("RTM_SETLINK on link index 4000000"));
+}
+
+#[test]
+fn rtnl_dump_returns_every_link() {
+    let ns = Netns::new("dump");
+    // Enough links that the dump needs several datagrams.
+    for i in 0..40 {
+        ns.veth(&format!("da{i}"), &format!("db{i}"));
+    }
+    let names = ns.run(|| {
+        let r = Rtnl::open().unwrap();
+        let replies = r
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .unwrap();
+        let mut names: Vec<String> = replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names
+    });
+    assert_eq!(names.len(), 81, "{names:?}");
+    assert!(names.contains(&"lo".to_owned()));
+    assert!(names.contains(&"da39".to_owned()));
+    assert!(names.contains(&"db0".to_owned()));
+}
+
+#[test]
+fn rtnl_is_usable_from_many_threads() {
+    let ns = Netns::new("thr");
+    ns.veth("ta0", "tb0");
+    let want = ns.ifindex("ta0");
+    let r = ns.run(|| Rtnl::open().unwrap());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        assert_eq!(r.link_index("ta0").unwrap(), want);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
