@@ -45,23 +45,17 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Size of `struct nlmsghdr`.
 const NLMSG_HDRLEN: usize = 16;
 
-/// Errors of the rtnetlink client. Each says which request failed.
+/// Errors of the rtnetlink client. Each says which request failed; the
+/// message includes the underlying cause (no separate `source()` chain, so
+/// nothing is printed twice).
 #[derive(Debug, thiserror::Error)]
 pub enum RtnlError {
     #[error("opening a NETLINK_ROUTE socket: {0}")]
-    Open(#[source] io::Error),
-    #[error("{request}: sending to the kernel: {source}")]
-    Send {
-        request: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{request}: receiving the kernel's answer: {source}")]
-    Recv {
-        request: String,
-        #[source]
-        source: io::Error,
-    },
+    Open(io::Error),
+    #[error("{request}: sending to the kernel: {cause}")]
+    Send { request: String, cause: io::Error },
+    #[error("{request}: receiving the kernel's answer: {cause}")]
+    Recv { request: String, cause: io::Error },
     #[error("{request}: no answer from the kernel within {timeout:?}")]
     Timeout { request: String, timeout: Duration },
     #[error("{request}: the kernel answered {}{}", errno_text(*errno), ext_text(message))]
@@ -72,12 +66,8 @@ pub enum RtnlError {
         /// The extended ACK message, when the kernel sent one.
         message: Option<String>,
     },
-    #[error("{request}: cannot decode the kernel's answer: {source}")]
-    Decode {
-        request: String,
-        #[source]
-        source: DecodeError,
-    },
+    #[error("{request}: cannot decode the kernel's answer: {cause}")]
+    Decode { request: String, cause: DecodeError },
     #[error("{request}: the kernel's answer is malformed: {reason}")]
     Malformed { request: String, reason: String },
     #[error("{request}: the kernel's receive buffer overran (answer lost)")]
@@ -136,8 +126,9 @@ impl RtnlError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             RtnlError::Kernel { errno, .. } => Some(*errno),
-            RtnlError::Open(e) | RtnlError::Send { source: e, .. } => e.raw_os_error(),
-            RtnlError::Recv { source, .. } => source.raw_os_error(),
+            RtnlError::Open(e)
+            | RtnlError::Send { cause: e, .. }
+            | RtnlError::Recv { cause: e, .. } => e.raw_os_error(),
             RtnlError::Timeout { .. }
             | RtnlError::Decode { .. }
             | RtnlError::Malformed { .. }
@@ -252,9 +243,9 @@ impl Rtnl {
         let raw = self.request_raw(msg, flags)?;
         raw.iter()
             .map(|r| {
-                r.decode().map_err(|source| RtnlError::Decode {
+                r.decode().map_err(|cause| RtnlError::Decode {
                     request: what.clone(),
-                    source,
+                    cause,
                 })
             })
             .collect()
@@ -282,9 +273,9 @@ impl Rtnl {
         packet.serialize(&mut buf);
 
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        socket.send(&buf, 0).map_err(|source| RtnlError::Send {
+        socket.send(&buf, 0).map_err(|cause| RtnlError::Send {
             request: what.clone(),
-            source,
+            cause,
         })?;
 
         let mut out = Vec::new();
@@ -298,9 +289,9 @@ impl Rtnl {
 
     /// Receives one whole datagram, however large.
     fn recv_datagram(&self, socket: &Socket, what: &str) -> Result<Vec<u8>, RtnlError> {
-        let map = |source: io::Error| {
+        let map = |cause: io::Error| {
             if matches!(
-                source.kind(),
+                cause.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) {
                 RtnlError::Timeout {
@@ -310,7 +301,7 @@ impl Rtnl {
             } else {
                 RtnlError::Recv {
                     request: what.to_owned(),
-                    source,
+                    cause,
                 }
             }
         };

@@ -10,6 +10,8 @@ use std::fs::File;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use kata_sriov::netlink::{apply_verified, KernelNetlink, NetlinkError, VfNetlink, VfSetting};
+use kata_sriov::pci::{IfName, LinkState, MacAddr, Qos, VlanId, VlanProto};
 use kata_sriov::rtnl::Rtnl;
 use netlink_packet_core::NLM_F_DUMP;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -205,4 +207,133 @@ fn rtnl_is_usable_from_many_threads() {
             h.join().unwrap();
         }
     });
+}
+
+fn ifname(s: &str) -> IfName {
+    s.parse().unwrap()
+}
+
+#[test]
+fn vf_settings_on_a_veth_is_a_clear_not_sriov_error() {
+    let ns = Netns::new("nosriov");
+    ns.veth("pfa0", "pfb0");
+    let e = ns.run(|| {
+        KernelNetlink::new()
+            .unwrap()
+            .vf_settings(&ifname("pfa0"), 0)
+            .unwrap_err()
+    });
+    assert!(matches!(e, NetlinkError::NotSriov { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "pfa0 is not an SR-IOV PF (the kernel reports no IFLA_NUM_VF: not a PCI device \
+         with SR-IOV), so it has no VF 0"
+    );
+}
+
+#[test]
+fn vf_settings_on_a_missing_pf_is_enodev_naming_it() {
+    let ns = Netns::new("nopf");
+    let e = ns.run(|| {
+        KernelNetlink::new()
+            .unwrap()
+            .vf_settings(&ifname("nosuchpf0"), 3)
+            .unwrap_err()
+    });
+    assert!(matches!(e, NetlinkError::NoSuchPf { .. }), "{e:?}");
+    assert_eq!(e.errno(), Some(libc::ENODEV));
+    assert!(
+        e.to_string()
+            .starts_with("PF nosuchpf0: no such network interface"),
+        "{e}"
+    );
+}
+
+#[test]
+fn set_vf_on_a_veth_is_refused_with_errno_naming_pf_vf_and_setting() {
+    let ns = Netns::new("setveth");
+    ns.veth("sva0", "svb0");
+    let before = ns.ip(&["-d", "link", "show", "dev", "sva0"]);
+    let settings = [
+        VfSetting::Mac("02:11:22:33:44:55".parse::<MacAddr>().unwrap()),
+        VfSetting::Vlan {
+            vlan: VlanId::new(10).unwrap(),
+            qos: Qos::new(1).unwrap(),
+            proto: VlanProto::Dot1Q,
+        },
+        VfSetting::Vlan {
+            vlan: VlanId::new(10).unwrap(),
+            qos: Qos::new(1).unwrap(),
+            proto: VlanProto::Dot1Ad,
+        },
+        VfSetting::SpoofChk(false),
+        VfSetting::Trust(true),
+        VfSetting::LinkState(LinkState::Enable),
+        VfSetting::Rate {
+            min_tx: 0,
+            max_tx: 100,
+        },
+    ];
+    let errors = ns.run(|| {
+        let nl = KernelNetlink::new().unwrap();
+        settings
+            .iter()
+            .map(|s| nl.set_vf(&ifname("sva0"), 2, *s).unwrap_err())
+            .collect::<Vec<_>>()
+    });
+    for (setting, e) in settings.iter().zip(&errors) {
+        assert!(matches!(e, NetlinkError::Set { .. }), "{e:?}");
+        assert_eq!(e.setting(), Some(*setting));
+        let errno = e.errno().unwrap();
+        // veth has no ndo_set_vf_*: the kernel answers EOPNOTSUPP.
+        assert_eq!(errno, libc::EOPNOTSUPP, "{setting}: {e}");
+        assert!(e.is_unsupported());
+        let text = e.to_string();
+        let want = format!("PF sva0 VF 2: setting {setting} failed: the driver does not support ");
+        assert!(text.starts_with(&want), "{text}");
+        assert!(text.contains("RTM_SETLINK on link index"), "{text}");
+        assert!(text.contains("EOPNOTSUPP"), "{text}");
+        eprintln!("{text}");
+    }
+    // nothing changed on the link
+    assert_eq!(before, ns.ip(&["-d", "link", "show", "dev", "sva0"]));
+}
+
+#[test]
+fn set_vf_on_a_missing_pf_is_enodev() {
+    let ns = Netns::new("setnopf");
+    let e = ns.run(|| {
+        KernelNetlink::new()
+            .unwrap()
+            .set_vf(&ifname("gone0"), 0, VfSetting::Trust(true))
+            .unwrap_err()
+    });
+    assert!(matches!(e, NetlinkError::NoSuchPf { .. }), "{e:?}");
+    assert_eq!(e.errno(), Some(libc::ENODEV));
+}
+
+#[test]
+fn apply_verified_on_a_veth_fails_at_the_set() {
+    let ns = Netns::new("verveth");
+    ns.veth("vva0", "vvb0");
+    let e = ns.run(|| {
+        let nl = KernelNetlink::new().unwrap();
+        apply_verified(&nl, &ifname("vva0"), 0, VfSetting::SpoofChk(true)).unwrap_err()
+    });
+    assert!(matches!(e, NetlinkError::Set { .. }), "{e:?}");
+}
+
+#[test]
+fn kernel_link_up_brings_the_link_up() {
+    let ns = Netns::new("klup");
+    ns.veth("kua0", "kub0");
+    ns.run(|| {
+        let nl = KernelNetlink::new().unwrap();
+        nl.link_up(&ifname("kua0")).unwrap();
+        let e = nl.link_up(&ifname("kuzz0")).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENODEV));
+        assert!(e.to_string().starts_with("bringing kuzz0 up: "), "{e}");
+    });
+    let shown = ns.ip(&["-o", "link", "show", "dev", "kua0"]);
+    assert!(shown.contains(",UP"), "{shown}");
 }
