@@ -427,28 +427,18 @@ impl VfNetlink for KernelNetlink {
 
     fn set_vf(&self, pf: &IfName, vf: u32, setting: VfSetting) -> Result<(), NetlinkError> {
         let index = self.index(pf)?;
-        let mut attempt = 1;
-        loop {
-            match self.rtnl.request(set_vf_request(index, vf, setting), 0) {
-                Ok(_) => return Ok(()),
-                Err(cause) => {
-                    let busy = matches!(cause, RtnlError::Kernel { .. })
-                        && matches!(cause.errno(), Some(libc::EBUSY) | Some(libc::EAGAIN));
-                    if busy && attempt < self.attempts {
-                        attempt += 1;
-                        std::thread::sleep(self.delay);
-                        continue;
-                    }
-                    return Err(NetlinkError::Set {
-                        pf: pf.clone(),
-                        vf,
-                        setting,
-                        hint: set_hint(&setting, cause.errno(), attempt),
-                        cause,
-                    });
-                }
-            }
-        }
+        retry_busy(self.attempts, self.delay, || {
+            self.rtnl
+                .request(set_vf_request(index, vf, setting), 0)
+                .map(|_| ())
+        })
+        .map_err(|(cause, attempts)| NetlinkError::Set {
+            pf: pf.clone(),
+            vf,
+            setting,
+            hint: set_hint(&setting, cause.errno(), attempts),
+            cause,
+        })
     }
 
     fn link_up(&self, ifname: &IfName) -> Result<(), NetlinkError> {
@@ -458,6 +448,31 @@ impl VfNetlink for KernelNetlink {
         };
         let index = self.rtnl.link_index(ifname.as_str()).map_err(err)?;
         self.rtnl.set_link_up(index).map_err(err)
+    }
+}
+
+/// Runs `op` until it succeeds, fails with something other than the
+/// kernel's `EBUSY`/`EAGAIN`, or has run `attempts` times, sleeping `delay`
+/// between tries. The error comes with the number of tries made.
+fn retry_busy(
+    attempts: u32,
+    delay: Duration,
+    mut op: impl FnMut() -> Result<(), RtnlError>,
+) -> Result<(), (RtnlError, u32)> {
+    let mut attempt = 1;
+    loop {
+        match op() {
+            Ok(()) => return Ok(()),
+            Err(cause) => {
+                let busy = matches!(cause, RtnlError::Kernel { .. })
+                    && matches!(cause.errno(), Some(libc::EBUSY) | Some(libc::EAGAIN));
+                if !busy || attempt >= attempts {
+                    return Err((cause, attempt));
+                }
+                attempt += 1;
+                std::thread::sleep(delay);
+            }
+        }
     }
 }
 
@@ -1482,6 +1497,58 @@ mod tests {
             assert_eq!(nl.state(&pf, vf).unwrap().trust, Some(true));
         }
         assert_eq!(nl.calls().len(), 8);
+    }
+
+    fn kernel(errno: i32) -> RtnlError {
+        RtnlError::Kernel {
+            request: "RTM_SETLINK".to_owned(),
+            errno,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn busy_is_retried_a_bounded_number_of_times() {
+        // EBUSY twice, then success
+        let mut n = 0;
+        let start = Instant::now();
+        retry_busy(10, Duration::from_millis(20), || {
+            n += 1;
+            if n <= 2 {
+                Err(kernel(libc::EBUSY))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+        assert!(start.elapsed() >= Duration::from_millis(40));
+        // EAGAIN forever: gives up after `attempts` tries
+        let mut n = 0;
+        let (e, tries) = retry_busy(4, Duration::ZERO, || {
+            n += 1;
+            Err(kernel(libc::EAGAIN))
+        })
+        .unwrap_err();
+        assert_eq!((n, tries, e.errno()), (4, 4, Some(libc::EAGAIN)));
+        // anything else is not retried
+        let mut n = 0;
+        let (e, tries) = retry_busy(10, Duration::ZERO, || {
+            n += 1;
+            Err(kernel(libc::EOPNOTSUPP))
+        })
+        .unwrap_err();
+        assert_eq!((n, tries, e.errno()), (1, 1, Some(libc::EOPNOTSUPP)));
+        // nor is a timeout (that would multiply the wait)
+        let mut n = 0;
+        let _ = retry_busy(10, Duration::ZERO, || {
+            n += 1;
+            Err(RtnlError::Timeout {
+                request: "x".to_owned(),
+                timeout: Duration::from_secs(5),
+            })
+        });
+        assert_eq!(n, 1);
     }
 
     #[test]

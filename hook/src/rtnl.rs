@@ -596,6 +596,24 @@ mod tests {
     }
 
     #[test]
+    fn receive_times_out_instead_of_hanging() {
+        // A real socket with nothing to read.
+        let r = Rtnl::open_with_timeout(Duration::from_millis(200)).unwrap();
+        let socket = r.socket.lock().unwrap();
+        let start = std::time::Instant::now();
+        let err = r.recv_datagram(&socket, "test request").unwrap_err();
+        let took = start.elapsed();
+        assert!(err.is_timeout(), "{err}");
+        assert_eq!(err.errno(), None);
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(
+            err.to_string(),
+            "test request: no answer from the kernel within 200ms"
+        );
+    }
+
+    #[test]
     fn truncated_header_is_malformed_not_a_panic() {
         let mut d = nlmsg(16, 0, 3, &[0u8; 16]);
         // claims 200 bytes

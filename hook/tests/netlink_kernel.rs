@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use kata_sriov::netlink::{apply_verified, KernelNetlink, NetlinkError, VfNetlink, VfSetting};
 use kata_sriov::pci::{IfName, LinkState, MacAddr, Qos, VlanId, VlanProto};
 use kata_sriov::rtnl::Rtnl;
-use netlink_packet_core::NLM_F_DUMP;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::sched::{setns, CloneFlags};
 
@@ -336,4 +336,30 @@ fn kernel_link_up_brings_the_link_up() {
     });
     let shown = ns.ip(&["-o", "link", "show", "dev", "kua0"]);
     assert!(shown.contains(",UP"), "{shown}");
+}
+
+#[test]
+fn rtnl_reports_the_kernels_extended_ack_text() {
+    let ns = Netns::new("extack");
+    let err = ns.run(|| {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName("bogus0".to_owned()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Other("nosuchkind".to_owned()),
+            )]));
+        Rtnl::open()
+            .unwrap()
+            .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .unwrap_err()
+    });
+    // `ip link add bogus0 type nosuchkind` says "Error: Unknown device type."
+    assert_eq!(err.errno(), Some(libc::EOPNOTSUPP), "{err}");
+    assert_eq!(err.kernel_message(), Some("Unknown device type"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("RTM_NEWLINK for link \"bogus0\": "),
+        "{err}"
+    );
 }
