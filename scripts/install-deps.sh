@@ -8,6 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 src=/etc/apt/sources.list.d/bookworm-backports.sources
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  added_source=1
   cat >"$src" <<'SRC'
 Types: deb
 URIs: http://deb.debian.org/debian
@@ -15,7 +16,6 @@ Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-  updated=
 fi
 
 need=()
@@ -27,7 +27,7 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p')
   [ "${v:-0}" -ge 8 ] && qemu_ok=1
 fi
-if [ ${#need[@]} -gt 0 ] || [ -z "$qemu_ok" ] || [ -z "${updated-x}" ]; then
+if [ ${#need[@]} -gt 0 ] || [ -z "$qemu_ok" ] || [ -n "${added_source:-}" ]; then
   apt-get update -q
 fi
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,1 +1,770 @@
-//! (work in progress)
+//! Claim, release and gc: the orchestration over sysfs, IOMMU groups,
+//! netlink, driver binding and the ledger, in a crash-consistent order.
+//!
+//! Claim: take the host-wide lock; pick free VFs (no lease, alone in their
+//! IOMMU group, on a driver the pool accepts); read their original settings;
+//! take each VF's own lock and write its lease (`claiming`) with those
+//! originals; drop the host-wide lock. Then, under the VFs' own locks only
+//! (so claims of different VFs run in parallel): set the pool's settings one
+//! at a time, bind to vfio-pci, verify, mark the lease `claimed`. Any
+//! failure rolls back what this claim did.
+//!
+//! Release: mark `releasing`; wait (bounded) until no process holds the
+//! VF's group open; unbind; restore every changed setting; rebind the
+//! original driver; delete the lease. Every step is idempotent, so a release
+//! killed half-way is finished by the next release or by gc.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{Config, GuestMode, MacPolicy, Mode, Pool};
+use crate::guestnet::{GuestNetwork, L3Config};
+use crate::iommu::{self, IommuError};
+use crate::ledger::{self, Lease, LeaseState, Ledger, LedgerError, OwnerCheck};
+use crate::netlink::{self, NetlinkError, VfNetlink, VfSetting, VfSettings};
+use crate::pci::{IfName, MacAddr, PciAddress, PciId};
+use crate::request::NetworkRequest;
+use crate::sysfs::{SysfsError, SysfsRoot};
+use crate::vfio::{self, DevNode, DriverBinder, VfioError, VFIO_PCI};
+
+/// How long a claim waits for a free VF's own lock (held only briefly by a
+/// release that is finishing).
+const VF_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// A point in claim or release after which a test may kill the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    LeaseWritten,
+    SettingApplied(usize),
+    Bound,
+    Claimed,
+    MarkedReleasing,
+    Unbound,
+    SettingRestored(usize),
+    Rebound,
+    LeaseRemoved,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("no pool named {pool:?}; configured pools: {known}")]
+    UnknownPool { pool: String, known: String },
+    #[error("pool {pool:?} does not let containers choose their MAC ({mac}); its mac policy must be \"request\"")]
+    MacNotAllowed { pool: String, mac: MacAddr },
+    #[error("MAC {0} is requested twice or is already in use on this host")]
+    MacInUse(MacAddr),
+    #[error("pool {pool:?} is exhausted: {wanted} VF(s) asked, {free} free{why}")]
+    Exhausted {
+        pool: String,
+        wanted: usize,
+        free: usize,
+        why: String,
+    },
+    #[error("owner {owner:?} already has a claim that is not complete ({vfs}); run `kata-sriov gc` or release it")]
+    OwnerBusy { owner: String, vfs: String },
+    #[error("owner {owner:?} already holds {held} VF(s) from {pools} but now asks for {asked}")]
+    OwnerMismatch {
+        owner: String,
+        held: usize,
+        pools: String,
+        asked: usize,
+    },
+    #[error("PF {0} has no network interface, so its VFs cannot be configured over netlink")]
+    NoPfNetdev(PciAddress),
+    #[error("{vf}: still held open by pid(s) {pids:?} after {waited:?}; the lease stays 'releasing' and `kata-sriov gc` will finish it")]
+    InUse {
+        vf: PciAddress,
+        pids: Vec<u32>,
+        waited: Duration,
+    },
+    #[error("{vf}: another process is working on this VF; try again")]
+    Busy { vf: PciAddress },
+    #[error("{0}; then rolled back")]
+    RolledBack(Box<ClaimError>),
+    #[error("{first}; rolling back also failed: {rollback}")]
+    RollbackFailed {
+        first: Box<ClaimError>,
+        rollback: Box<ClaimError>,
+    },
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    #[error(transparent)]
+    Iommu(#[from] IommuError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Vfio(#[from] VfioError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// What the spec and the guest need about one claimed VF.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimedVf {
+    pub pool: String,
+    pub mode: Mode,
+    pub guest: GuestMode,
+    pub pf: PciAddress,
+    pub vf_index: u32,
+    pub vf: PciAddress,
+    pub pci_id: PciId,
+    pub mac: Option<MacAddr>,
+    pub iommu_group: Option<u32>,
+    /// `/dev/vfio/N` (vfio mode).
+    pub dev_node: Option<DevNode>,
+    /// The VF's netdev on the host (netdev mode).
+    pub netdev: Option<IfName>,
+    pub l3: L3Config,
+}
+
+impl ClaimedVf {
+    /// The entry of the guest annotation for this VF.
+    pub fn guest_network(&self) -> GuestNetwork {
+        GuestNetwork {
+            mac: self.mac,
+            pci_id: self.pci_id,
+            l3: self.l3.clone(),
+        }
+    }
+}
+
+/// What gc did.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// VFs returned, with the owner they had.
+    pub released: Vec<(PciAddress, String)>,
+    /// VFs whose lease cannot be read: never handed out.
+    pub quarantined: Vec<(PciAddress, String)>,
+    /// VFs another process is working on right now.
+    pub busy: Vec<PciAddress>,
+    /// Releases that failed (the lease stays; a later gc retries).
+    pub failed: Vec<(PciAddress, String)>,
+    /// Leases kept because their owner is alive or cannot be checked.
+    pub kept: usize,
+}
+
+/// The engine: everything a claim or release touches.
+pub struct Engine<'a> {
+    pub cfg: &'a Config,
+    pub sysfs: SysfsRoot,
+    pub ledger: Ledger,
+    pub nl: &'a dyn VfNetlink,
+    pub binder: &'a dyn DriverBinder,
+    pub proc_root: PathBuf,
+    /// How long a release waits for the hypervisor to close the VF.
+    pub release_wait: Duration,
+    /// How long to wait for `/dev/vfio/N` after binding.
+    pub node_wait: Duration,
+    /// Called after each step; tests kill the process here. Never set by
+    /// the binaries.
+    pub probe: Option<&'a (dyn Fn(Step) + Sync)>,
+}
+
+struct Pick {
+    lease: Lease,
+    guard: ledger::LockGuard,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        nl: &'a dyn VfNetlink,
+        binder: &'a dyn DriverBinder,
+    ) -> Result<Self, ClaimError> {
+        Ok(Engine {
+            cfg,
+            sysfs: SysfsRoot::new(&cfg.sysfs_root),
+            ledger: Ledger::open(&cfg.state_dir)?,
+            nl,
+            binder,
+            proc_root: PathBuf::from("/proc"),
+            release_wait: Duration::from_secs(u64::from(cfg.hook.release_wait)),
+            node_wait: vfio::SETTLE_TIMEOUT,
+            probe: None,
+        })
+    }
+
+    fn step(&self, s: Step) {
+        if let Some(p) = self.probe {
+            p(s);
+        }
+    }
+
+    fn pool(&self, name: &str) -> Result<&'a Pool, ClaimError> {
+        self.cfg.pool(name).ok_or_else(|| ClaimError::UnknownPool {
+            pool: name.to_owned(),
+            known: if self.cfg.pools.is_empty() {
+                "none (add [[pools]] to the config)".into()
+            } else {
+                self.cfg
+                    .pools
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
+    }
+
+    /// Checks requests against the config without touching anything.
+    pub fn check_requests(&self, reqs: &[NetworkRequest]) -> Result<(), ClaimError> {
+        let mut macs = HashSet::new();
+        for r in reqs {
+            let pool = self.pool(r.pool.as_str())?;
+            if let Some(mac) = r.mac {
+                if !pool.allows_mac(mac) {
+                    return Err(ClaimError::MacNotAllowed {
+                        pool: pool.name.clone(),
+                        mac,
+                    });
+                }
+                if !macs.insert(mac) {
+                    return Err(ClaimError::MacInUse(mac));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The VF settings a lease applies are read back from the PF through
+    /// this interface.
+    fn pf_ifname(&self, lease: &Lease) -> Result<IfName, ClaimError> {
+        lease
+            .pf_netdev
+            .clone()
+            .ok_or(ClaimError::NoPfNetdev(lease.pf))
+    }
+
+    /// Claims one VF per request for `owner`. A second claim by an owner
+    /// that holds complete leases returns them.
+    pub fn claim(
+        &self,
+        owner: &str,
+        reqs: &[NetworkRequest],
+        check: OwnerCheck,
+    ) -> Result<Vec<ClaimedVf>, ClaimError> {
+        self.check_requests(reqs)?;
+        let picks = {
+            let _global = self.ledger.lock_global()?;
+            let mine: Vec<Lease> = self
+                .ledger
+                .list()?
+                .into_iter()
+                .filter_map(|e| e.lease.ok())
+                .filter(|l| l.owner == owner)
+                .collect();
+            if !mine.is_empty() {
+                return self.existing(owner, mine, reqs);
+            }
+            let picks = self.pick(owner, reqs, &check)?;
+            let mut written: Vec<Pick> = Vec::new();
+            for p in picks {
+                if let Err(e) = self.ledger.create(&p.lease) {
+                    for w in &written {
+                        let _ = self.ledger.remove(w.lease.vf);
+                    }
+                    return Err(e.into());
+                }
+                written.push(p);
+                self.step(Step::LeaseWritten);
+            }
+            written
+        };
+        let mut done = Vec::new();
+        let mut pending = picks.into_iter();
+        let mut failure = None;
+        for p in pending.by_ref() {
+            match self.configure(p.lease.clone()) {
+                Ok(c) => done.push((p, c)),
+                Err(e) => {
+                    failure = Some((p, e));
+                    break;
+                }
+            }
+        }
+        let Some((failed, err)) = failure else {
+            return Ok(done.into_iter().map(|(_, c)| c).collect());
+        };
+        // Roll back every VF of this claim, the failed one first.
+        let mut rollback_err = None;
+        let rest: Vec<Pick> = pending.collect();
+        let all = std::iter::once(failed)
+            .chain(done.into_iter().map(|(p, _)| p))
+            .chain(rest);
+        for p in all {
+            let lease = self.ledger.read(p.lease.vf)?.unwrap_or(p.lease.clone());
+            if let Err(e) = self.release_locked(lease, Duration::ZERO) {
+                rollback_err.get_or_insert(e);
+            }
+            drop(p.guard);
+        }
+        Err(match rollback_err {
+            None => ClaimError::RolledBack(Box::new(err)),
+            Some(r) => ClaimError::RollbackFailed {
+                first: Box::new(err),
+                rollback: Box::new(r),
+            },
+        })
+    }
+
+    fn existing(
+        &self,
+        owner: &str,
+        mine: Vec<Lease>,
+        reqs: &[NetworkRequest],
+    ) -> Result<Vec<ClaimedVf>, ClaimError> {
+        let incomplete: Vec<String> = mine
+            .iter()
+            .filter(|l| l.state != LeaseState::Claimed)
+            .map(|l| format!("{} {:?}", l.vf, l.state))
+            .collect();
+        if !incomplete.is_empty() {
+            return Err(ClaimError::OwnerBusy {
+                owner: owner.to_owned(),
+                vfs: incomplete.join(", "),
+            });
+        }
+        let mut held: Vec<&str> = mine.iter().map(|l| l.pool.as_str()).collect();
+        let mut asked: Vec<&str> = reqs.iter().map(|r| r.pool.as_str()).collect();
+        held.sort_unstable();
+        asked.sort_unstable();
+        if held != asked {
+            return Err(ClaimError::OwnerMismatch {
+                owner: owner.to_owned(),
+                held: mine.len(),
+                pools: held.join(","),
+                asked: reqs.len(),
+            });
+        }
+        mine.iter().map(|l| self.claimed_vf(l)).collect()
+    }
+
+    /// What a (claimed) lease hands to the spec and guest.
+    pub fn claimed_vf(&self, l: &Lease) -> Result<ClaimedVf, ClaimError> {
+        let pool = self.cfg.pool(&l.pool);
+        let dev_node = match (l.mode, l.iommu_group) {
+            (Mode::Vfio, Some(g)) => Some(vfio::group_node(&self.cfg.dev_root, g, self.node_wait)?),
+            _ => None,
+        };
+        let mut l3 = l.l3.clone();
+        if l3.mtu.is_none() {
+            l3.mtu = pool.and_then(|p| p.mtu);
+        }
+        Ok(ClaimedVf {
+            pool: l.pool.clone(),
+            mode: l.mode,
+            guest: pool.map(|p| self.cfg.guest_mode(p)).unwrap_or_default(),
+            pf: l.pf,
+            vf_index: l.vf_index,
+            vf: l.vf,
+            pci_id: l.pci_id,
+            mac: l.mac,
+            iommu_group: l.iommu_group,
+            dev_node,
+            netdev: match l.mode {
+                Mode::Netdev => self.sysfs.netdevs(l.vf)?.into_iter().next(),
+                Mode::Vfio => None,
+            },
+            l3,
+        })
+    }
+
+    /// Under the host-wide lock: chooses VFs, reads their originals, takes
+    /// their locks. Writes nothing.
+    fn pick(
+        &self,
+        owner: &str,
+        reqs: &[NetworkRequest],
+        check: &OwnerCheck,
+    ) -> Result<Vec<Pick>, ClaimError> {
+        let mut taken = self.ledger.leased()?;
+        let mut macs_in_use: HashSet<MacAddr> = self
+            .ledger
+            .list()?
+            .into_iter()
+            .filter_map(|e| e.lease.ok().and_then(|l| l.mac))
+            .collect();
+        macs_in_use.extend(host_macs(&self.sysfs));
+        let mut picks: Vec<Pick> = Vec::new();
+        let mut per_pool: HashMap<&str, usize> = HashMap::new();
+        for r in reqs {
+            *per_pool.entry(r.pool.as_str()).or_default() += 1;
+        }
+        for r in reqs {
+            let pool = self.pool(r.pool.as_str())?;
+            let mut why = String::new();
+            let found = self.find_free(pool, &taken, &mut why)?;
+            let Some((pf, pf_netdev, index, vf, group, driver)) = found else {
+                let free = picks.iter().filter(|p| p.lease.pool == pool.name).count();
+                return Err(ClaimError::Exhausted {
+                    pool: pool.name.clone(),
+                    wanted: per_pool.get(pool.name.as_str()).copied().unwrap_or(1),
+                    free,
+                    why,
+                });
+            };
+            let Some(guard) = self.ledger.lock_vf(vf, VF_LOCK_WAIT)? else {
+                return Err(ClaimError::Busy { vf });
+            };
+            taken.insert(vf);
+            let original = if pool.uses_netlink() {
+                let ifn = pf_netdev.clone().ok_or(ClaimError::NoPfNetdev(pf))?;
+                Some(self.nl.vf_settings(&ifn, index)?)
+            } else {
+                None
+            };
+            let mac = match (pool.mac, r.mac) {
+                (MacPolicy::Keep, _) => original
+                    .as_ref()
+                    .map(|o| o.mac)
+                    .filter(|m| m.is_assignable()),
+                (MacPolicy::Request, Some(m)) => {
+                    if macs_in_use.contains(&m) {
+                        return Err(ClaimError::MacInUse(m));
+                    }
+                    Some(m)
+                }
+                _ => Some(generate_mac(&macs_in_use)),
+            };
+            let mut settings = Vec::new();
+            if let (Some(m), true) = (mac, pool.mac != MacPolicy::Keep) {
+                macs_in_use.insert(m);
+                settings.push(VfSetting::Mac(m));
+            }
+            settings.extend(pool.vf_settings());
+            let now = ledger::now_secs();
+            picks.push(Pick {
+                lease: Lease {
+                    owner: owner.to_owned(),
+                    pool: pool.name.clone(),
+                    mode: pool.mode,
+                    pf,
+                    pf_netdev,
+                    vf_index: index,
+                    vf,
+                    pci_id: self.sysfs.pci_id(vf)?,
+                    state: LeaseState::Claiming,
+                    original_driver: driver,
+                    original_settings: original,
+                    settings,
+                    mac,
+                    iommu_group: group,
+                    l3: r.l3.clone(),
+                    owner_check: check.clone(),
+                    dan_file: None,
+                    netdev_move: None,
+                    created: now,
+                    updated: now,
+                },
+                guard,
+            });
+        }
+        Ok(picks)
+    }
+
+    /// The first free VF of a pool: (pf, pf netdev, index, vf, group, driver).
+    #[allow(clippy::type_complexity)]
+    fn find_free(
+        &self,
+        pool: &Pool,
+        taken: &HashSet<PciAddress>,
+        why: &mut String,
+    ) -> Result<
+        Option<(
+            PciAddress,
+            Option<IfName>,
+            u32,
+            PciAddress,
+            Option<u32>,
+            Option<String>,
+        )>,
+        ClaimError,
+    > {
+        let mut skipped: Vec<String> = Vec::new();
+        for name in &pool.pfs {
+            let pf = self.sysfs.resolve_pf(name)?;
+            let info = self.sysfs.pf_info(pf)?;
+            for index in 0..info.num_vfs {
+                let vf = match self.sysfs.vf_addr(pf, index) {
+                    Ok(vf) => vf,
+                    Err(e) => {
+                        skipped.push(e.to_string());
+                        continue;
+                    }
+                };
+                if taken.contains(&vf) {
+                    continue;
+                }
+                let driver = self.sysfs.driver(vf)?;
+                let group = match pool.mode {
+                    Mode::Vfio => match iommu::check_isolated(&self.sysfs, vf) {
+                        Ok(g) => Some(g),
+                        Err(e @ IommuError::Off { .. }) => return Err(e.into()),
+                        Err(e) => {
+                            skipped.push(e.to_string());
+                            continue;
+                        }
+                    },
+                    Mode::Netdev => self.sysfs.iommu_group(vf)?,
+                };
+                let usable = match (pool.mode, driver.as_deref()) {
+                    // Already on vfio-pci with no lease: usable only when no
+                    // process (another tool's VM) has its group open.
+                    (Mode::Vfio, Some(VFIO_PCI)) => group.is_some_and(|g| {
+                        let node = self.cfg.dev_root.join("vfio").join(g.to_string());
+                        vfio::holders(&self.proc_root, &node).is_empty()
+                    }),
+                    (Mode::Vfio, _) => true,
+                    (Mode::Netdev, Some(d)) => d != VFIO_PCI && !self.sysfs.netdevs(vf)?.is_empty(),
+                    (Mode::Netdev, None) => false,
+                };
+                if !usable {
+                    skipped.push(format!("{vf} is on {driver:?}, not usable for this pool"));
+                    continue;
+                }
+                return Ok(Some((pf, info.netdev().cloned(), index, vf, group, driver)));
+            }
+        }
+        if !skipped.is_empty() {
+            let n = skipped.len();
+            skipped.truncate(3);
+            *why = format!(
+                "; {n} VF(s) skipped: {}{}",
+                skipped.join("; "),
+                if n > 3 { "; ..." } else { "" }
+            );
+        }
+        Ok(None)
+    }
+
+    /// The slow steps of one VF, under its own lock.
+    fn configure(&self, mut lease: Lease) -> Result<ClaimedVf, ClaimError> {
+        if !lease.settings.is_empty() {
+            let pf = self.pf_ifname(&lease)?;
+            for (i, s) in lease.settings.iter().enumerate() {
+                netlink::apply_verified(self.nl, &pf, lease.vf_index, *s)?;
+                self.step(Step::SettingApplied(i));
+            }
+        }
+        if lease.mode == Mode::Vfio && self.sysfs.driver(lease.vf)?.as_deref() != Some(VFIO_PCI) {
+            self.binder.bind(lease.vf, Some(VFIO_PCI))?;
+            self.step(Step::Bound);
+        }
+        let out = {
+            lease.state = LeaseState::Claimed;
+            self.claimed_vf(&lease)?
+        };
+        lease.updated = ledger::now_secs();
+        self.ledger.update(&lease)?;
+        self.step(Step::Claimed);
+        Ok(out)
+    }
+
+    /// Releases every VF `owner` holds. Idempotent: an owner with nothing
+    /// is fine, and concurrent releases of the same owner agree.
+    pub fn release(&self, owner: &str) -> Result<Vec<PciAddress>, ClaimError> {
+        let mut released = Vec::new();
+        let mut first_err = None;
+        for e in self.ledger.list()? {
+            let Ok(l) = e.lease else { continue };
+            if l.owner != owner {
+                continue;
+            }
+            match self.release_vf(l.vf, Some(owner)) {
+                Ok(true) => released.push(l.vf),
+                Ok(false) => {}
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(released),
+        }
+    }
+
+    /// Releases one VF (only if `owner` matches, when given). Returns
+    /// whether this call did the release.
+    pub fn release_vf(&self, vf: PciAddress, owner: Option<&str>) -> Result<bool, ClaimError> {
+        // Wait for a claim or another release working on this VF.
+        let wait = self.release_wait + Duration::from_secs(30);
+        let Some(_guard) = self.ledger.lock_vf(vf, wait)? else {
+            return Err(ClaimError::Busy { vf });
+        };
+        let Some(lease) = self.ledger.read(vf)? else {
+            return Ok(false);
+        };
+        if owner.is_some_and(|o| o != lease.owner) {
+            return Ok(false);
+        }
+        self.release_locked(lease, self.release_wait)?;
+        Ok(true)
+    }
+
+    /// The release steps, with the VF's lock held by the caller.
+    fn release_locked(&self, mut lease: Lease, wait: Duration) -> Result<(), ClaimError> {
+        if lease.state != LeaseState::Releasing {
+            lease.state = LeaseState::Releasing;
+            lease.updated = ledger::now_secs();
+            self.ledger.update(&lease)?;
+            self.step(Step::MarkedReleasing);
+        }
+        let driver = self.sysfs.driver(lease.vf)?;
+        if lease.mode == Mode::Vfio && driver.as_deref() == Some(VFIO_PCI) {
+            if let Some(g) = lease.iommu_group {
+                self.wait_unused(lease.vf, g, wait)?;
+            }
+        }
+        let original = lease.original_driver.as_deref();
+        if driver.is_some() && driver.as_deref() != original {
+            self.binder.bind(lease.vf, None)?;
+            self.step(Step::Unbound);
+        }
+        if let Some(orig) = &lease.original_settings {
+            let pf = self.pf_ifname(&lease)?;
+            let now = self.nl.vf_settings(&pf, lease.vf_index)?;
+            for (i, s) in lease.settings.iter().enumerate().rev() {
+                if let Some(back) = restore_of(s, orig, &now) {
+                    netlink::apply_verified(self.nl, &pf, lease.vf_index, back)?;
+                }
+                self.step(Step::SettingRestored(i));
+            }
+        }
+        if self.sysfs.driver(lease.vf)?.as_deref() != original {
+            self.binder.bind(lease.vf, original)?;
+            self.step(Step::Rebound);
+        }
+        if let Some(f) = &lease.dan_file {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(LedgerError::Io {
+                        op: "deleting DAN file",
+                        path: f.clone(),
+                        source: e,
+                    }
+                    .into())
+                }
+            }
+        }
+        self.ledger.remove(lease.vf)?;
+        self.step(Step::LeaseRemoved);
+        Ok(())
+    }
+
+    fn wait_unused(&self, vf: PciAddress, group: u32, wait: Duration) -> Result<(), ClaimError> {
+        let node = self.cfg.dev_root.join("vfio").join(group.to_string());
+        let start = Instant::now();
+        loop {
+            let pids = vfio::holders(&self.proc_root, &node);
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= wait {
+                return Err(ClaimError::InUse {
+                    vf,
+                    pids,
+                    waited: wait,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Finishes interrupted claims and releases, releases leases whose
+    /// owner is gone, and reports unreadable leases (quarantined).
+    pub fn gc(&self) -> Result<GcReport, ClaimError> {
+        let mut report = GcReport::default();
+        self.ledger.remove_stale_temps();
+        for entry in self.ledger.list()? {
+            let vf = entry.vf;
+            if let Err(reason) = entry.lease {
+                report.quarantined.push((vf, reason));
+                continue;
+            }
+            let Some(_guard) = self.ledger.lock_vf(vf, Duration::ZERO)? else {
+                report.busy.push(vf);
+                continue;
+            };
+            // Re-read under the lock: it may have changed or gone.
+            let lease = match self.ledger.read(vf) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.quarantined.push((vf, e.to_string()));
+                    continue;
+                }
+            };
+            let release = match lease.state {
+                // Nobody holds the lock: the claimer or releaser died.
+                LeaseState::Claiming | LeaseState::Releasing => true,
+                LeaseState::Claimed => {
+                    ledger::owner_alive(&lease.owner_check, &self.proc_root) == Some(false)
+                }
+            };
+            if !release {
+                report.kept += 1;
+                continue;
+            }
+            let owner = lease.owner.clone();
+            match self.release_locked(lease, self.release_wait) {
+                Ok(()) => report.released.push((vf, owner)),
+                Err(e) => report.failed.push((vf, e.to_string())),
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The setting that puts back the original value of what `s` changed, or
+/// None when the VF already has it (or the driver never reported it).
+fn restore_of(s: &VfSetting, orig: &VfSettings, now: &VfSettings) -> Option<VfSetting> {
+    let back = orig.get(s.kind())?;
+    (now.get(s.kind()) != Some(back)).then_some(back)
+}
+
+/// MACs of the host's network interfaces.
+fn host_macs(sysfs: &SysfsRoot) -> Vec<MacAddr> {
+    let Ok(rd) = std::fs::read_dir(sysfs.path().join("class/net")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            crate::sysfs::read_attr(&e.path().join("address"))
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A random locally administered unicast MAC not in `used`.
+pub fn generate_mac(used: &HashSet<MacAddr>) -> MacAddr {
+    loop {
+        let mut b = [0u8; 6];
+        random_bytes(&mut b);
+        b[0] = (b[0] & 0xfc) | 0x02;
+        let m = MacAddr(b);
+        if m.is_assignable() && !used.contains(&m) {
+            return m;
+        }
+    }
+}
+
+fn random_bytes(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: getrandom writes at most rest.len() bytes into the valid,
+        // exclusively borrowed buffer `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            filled += n as usize;
+        }
+    }
+}

@@ -1,1 +1,530 @@
-//! (work in progress)
+//! The admin's configuration, `/etc/kata-sriov/config.toml` (path
+//! overridable by `--config` and `KATA_SRIOV_CONFIG`): pools, their policy,
+//! the state directory, the delegate shim. Reads only that file.
+//!
+//! ```toml
+//! state_dir = "/run/kata-sriov"
+//! [shim]
+//! delegate = "containerd-shim-kata-v2"
+//! [defaults]
+//! networks = []
+//! [[pools]]
+//! name = "fast"
+//! pfs = ["ens1f0"]
+//! vlan = 100
+//! mac = "generate"
+//! ```
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::netlink::VfSetting;
+use crate::pci::{LinkState, MacAddr, Qos, VlanId, VlanProto};
+use crate::request::PoolName;
+
+pub const DEFAULT_PATH: &str = "/etc/kata-sriov/config.toml";
+pub const ENV_PATH: &str = "KATA_SRIOV_CONFIG";
+/// Largest config file accepted.
+const MAX_CONFIG: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// How a pool's VF reaches the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Bound to vfio-pci and passed into a VM (Kata).
+    #[default]
+    Vfio,
+    /// Keeps its kernel driver; its netdev moves into the container.
+    Netdev,
+}
+
+/// Where a VF's MAC comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MacPolicy {
+    /// A locally administered unicast MAC, unique on the host.
+    #[default]
+    Generate,
+    /// Whatever the VF has.
+    Keep,
+    /// The container's `mac`, else generated.
+    Request,
+}
+
+/// How the guest learns its network configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestMode {
+    /// The guest annotation, read by `kata-sriov-guest` in the VM.
+    #[default]
+    Helper,
+    /// Kata's own DAN file.
+    Dan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub name: String,
+    /// PF network interface names or PCI addresses.
+    pub pfs: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub vlan: Option<VlanId>,
+    #[serde(default)]
+    pub qos: Option<Qos>,
+    #[serde(default)]
+    pub vlan_proto: Option<VlanProto>,
+    #[serde(default)]
+    pub spoofchk: Option<bool>,
+    #[serde(default)]
+    pub trust: Option<bool>,
+    #[serde(default)]
+    pub link_state: Option<LinkState>,
+    #[serde(default)]
+    pub min_tx_rate: Option<u32>,
+    #[serde(default)]
+    pub max_tx_rate: Option<u32>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub mac: MacPolicy,
+    #[serde(default)]
+    pub guest: Option<GuestMode>,
+    /// VFs `kata-sriov setup` creates on each of the pool's PFs.
+    #[serde(default)]
+    pub num_vfs: Option<u32>,
+}
+
+impl Pool {
+    /// The VF settings this pool puts on the PF, in the order they are
+    /// applied, without the MAC (which is per VF). Empty: no netlink call
+    /// beyond the MAC.
+    pub fn vf_settings(&self) -> Vec<VfSetting> {
+        let mut out = Vec::new();
+        if self.vlan.is_some() || self.qos.is_some() || self.vlan_proto.is_some() {
+            out.push(VfSetting::Vlan {
+                vlan: self.vlan.unwrap_or_default(),
+                qos: self.qos.unwrap_or_default(),
+                proto: self.vlan_proto.unwrap_or_default(),
+            });
+        }
+        if let Some(s) = self.spoofchk {
+            out.push(VfSetting::SpoofChk(s));
+        }
+        if let Some(t) = self.trust {
+            out.push(VfSetting::Trust(t));
+        }
+        if let Some(l) = self.link_state {
+            out.push(VfSetting::LinkState(l));
+        }
+        if self.min_tx_rate.is_some() || self.max_tx_rate.is_some() {
+            out.push(VfSetting::Rate {
+                min_tx: self.min_tx_rate.unwrap_or(0),
+                max_tx: self.max_tx_rate.unwrap_or(0),
+            });
+        }
+        out
+    }
+
+    /// Whether claiming from this pool talks to the PF at all.
+    pub fn uses_netlink(&self) -> bool {
+        self.mac != MacPolicy::Keep || !self.vf_settings().is_empty()
+    }
+
+    /// Whether a container may choose this MAC.
+    pub fn allows_mac(&self, _mac: MacAddr) -> bool {
+        self.mac == MacPolicy::Request
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShimConfig {
+    /// The shim every call is handed to.
+    #[serde(default = "default_delegate")]
+    pub delegate: String,
+}
+
+fn default_delegate() -> String {
+    "containerd-shim-kata-v2".into()
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        ShimConfig {
+            delegate: default_delegate(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Pools for containers that ask for none.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Guest mode for pools that set none.
+    #[serde(default)]
+    pub guest: GuestMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// Add a poststop hook that releases the VF to the spec. Turn off under
+    /// Kata's runtime-rs, whose agent drops the guest hooks when the spec
+    /// has any host hook; the shim's `delete` and `gc` release instead.
+    #[serde(default = "yes")]
+    pub poststop: bool,
+    /// The `kata-sriov` binary the poststop hook runs.
+    #[serde(default = "default_binary")]
+    pub binary: PathBuf,
+    /// The poststop hook's timeout, in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout: u32,
+    /// How long a release waits for the hypervisor to let go of a VF, in
+    /// seconds, before leaving it to gc.
+    #[serde(default = "default_release_wait")]
+    pub release_wait: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_binary() -> PathBuf {
+    PathBuf::from("/usr/local/bin/kata-sriov")
+}
+fn default_timeout() -> u32 {
+    60
+}
+fn default_release_wait() -> u32 {
+    30
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        HookConfig {
+            poststop: true,
+            binary: default_binary(),
+            timeout: default_timeout(),
+            release_wait: default_release_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DanConfig {
+    /// Kata's `dan_conf` directory.
+    #[serde(default = "default_dan_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_dan_dir() -> PathBuf {
+    PathBuf::from("/run/kata-containers/dans")
+}
+
+impl Default for DanConfig {
+    fn default() -> Self {
+        DanConfig {
+            dir: default_dan_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_sysfs")]
+    pub sysfs_root: PathBuf,
+    #[serde(default = "default_dev")]
+    pub dev_root: PathBuf,
+    #[serde(default)]
+    pub shim: ShimConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub hook: HookConfig,
+    #[serde(default)]
+    pub dan: DanConfig,
+    #[serde(default)]
+    pub pools: Vec<Pool>,
+    /// Where this config was read from (not a key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/kata-sriov")
+}
+fn default_sysfs() -> PathBuf {
+    PathBuf::from("/sys")
+}
+fn default_dev() -> PathBuf {
+    PathBuf::from("/dev")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: default_state_dir(),
+            sysfs_root: default_sysfs(),
+            dev_root: default_dev(),
+            shim: ShimConfig::default(),
+            defaults: Defaults::default(),
+            hook: HookConfig::default(),
+            dan: DanConfig::default(),
+            pools: Vec::new(),
+            source: None,
+        }
+    }
+}
+
+impl Config {
+    /// The config path: the explicit one, else `$KATA_SRIOV_CONFIG`, else
+    /// the default; and whether it was chosen explicitly.
+    pub fn locate(explicit: Option<&Path>) -> (PathBuf, bool) {
+        if let Some(p) = explicit {
+            return (p.to_owned(), true);
+        }
+        match std::env::var_os(ENV_PATH) {
+            Some(p) if !p.is_empty() => (PathBuf::from(p), true),
+            _ => (PathBuf::from(DEFAULT_PATH), false),
+        }
+    }
+
+    /// Loads the config. A missing file at the default path is an empty
+    /// config (no pools); a missing file named explicitly is an error.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, named) = Config::locate(explicit);
+        match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !named => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Io { path, source }),
+            Ok(md) if md.len() > MAX_CONFIG => Err(ConfigError::Invalid {
+                path,
+                message: format!("{} bytes is over the 1 MiB limit", md.len()),
+            }),
+            Ok(_) => {
+                let text = fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::parse(&text, &path)
+            }
+        }
+    }
+
+    /// Parses and validates config text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.source = Some(path.to_owned());
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut names = HashSet::new();
+        for p in &self.pools {
+            let at = format!("pool {:?}", p.name);
+            if let Err(e) = p.name.parse::<PoolName>() {
+                return Err(format!("{at}: {e}"));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("{at}: defined twice"));
+            }
+            if p.pfs.is_empty() {
+                return Err(format!("{at}: pfs is empty; name at least one PF"));
+            }
+            if p.qos.is_some_and(|q| q.get() != 0) && p.vlan.is_none_or(|v| v.get() == 0) {
+                return Err(format!("{at}: qos needs a vlan"));
+            }
+            if let (Some(min), Some(max)) = (p.min_tx_rate, p.max_tx_rate) {
+                if max != 0 && min > max {
+                    return Err(format!(
+                        "{at}: min_tx_rate {min} is above max_tx_rate {max}"
+                    ));
+                }
+            }
+            if let Some(mtu) = p.mtu {
+                if !(68..=65535).contains(&mtu) {
+                    return Err(format!("{at}: mtu {mtu} must be 68 to 65535"));
+                }
+            }
+            if p.mode == Mode::Netdev && self.guest_mode(p) == GuestMode::Dan {
+                return Err(format!(
+                    "{at}: guest = \"dan\" needs mode = \"vfio\" (Kata hot-plugs a VFIO device)"
+                ));
+            }
+        }
+        for n in &self.defaults.networks {
+            if !names.contains(n.as_str()) {
+                return Err(format!("defaults.networks: no pool named {n:?}"));
+            }
+        }
+        for (k, p) in [
+            ("state_dir", &self.state_dir),
+            ("sysfs_root", &self.sysfs_root),
+            ("dev_root", &self.dev_root),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{k} {}: must be an absolute path", p.display()));
+            }
+        }
+        if !self.hook.binary.is_absolute() {
+            return Err(format!(
+                "hook.binary {}: must be an absolute path",
+                self.hook.binary.display()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The pool's guest mode, or the default.
+    pub fn guest_mode(&self, pool: &Pool) -> GuestMode {
+        pool.guest.unwrap_or(self.defaults.guest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("/etc/kata-sriov/config.toml"))
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            r#"
+state_dir = "/run/ks"
+[shim]
+delegate = "containerd-shim-runc-v2"
+[defaults]
+networks = ["fast"]
+[hook]
+poststop = false
+[[pools]]
+name = "fast"
+pfs = ["ens1f0", "0000:3b:00.1"]
+vlan = 100
+qos = 3
+spoofchk = true
+trust = false
+link_state = "enable"
+max_tx_rate = 1000
+mtu = 9000
+mac = "request"
+guest = "dan"
+num_vfs = 8
+[[pools]]
+name = "plain"
+pfs = ["ens2f0"]
+mac = "keep"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/run/ks"));
+        assert_eq!(c.sysfs_root, Path::new("/sys"));
+        assert!(!c.hook.poststop);
+        let fast = c.pool("fast").unwrap();
+        assert_eq!(fast.vf_settings().len(), 5);
+        assert!(fast.uses_netlink());
+        assert_eq!(c.guest_mode(fast), GuestMode::Dan);
+        let plain = c.pool("plain").unwrap();
+        assert!(!plain.uses_netlink());
+        assert_eq!(c.guest_mode(plain), GuestMode::Helper);
+    }
+
+    #[test]
+    fn empty_config_is_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.state_dir, Path::new("/run/kata-sriov"));
+        assert_eq!(c.shim.delegate, "containerd-shim-kata-v2");
+        assert!(c.pools.is_empty() && c.hook.poststop);
+    }
+
+    #[test]
+    fn errors_name_key_value_and_file() {
+        let cases = [
+            ("bogus = 1", "bogus"),
+            (
+                "[[pools]]\nname = \"a\"\npfs = [\"x\"]\nvlan = 5000",
+                "5000",
+            ),
+            (
+                "[[pools]]\nname = \"a\"\npfs = [\"x\"]\nmac = \"random\"",
+                "random",
+            ),
+            (
+                "[[pools]]\nname = \"a\"\npfs = [\"x\"]\nvlan_proto = \"qinq\"",
+                "qinq",
+            ),
+            ("[[pools]]\nname = \"a\"\npfs = [\"x\"]\nspeed = 1", "speed"),
+            ("[[pools]]\nname = \"a\"\npfs = []", "pfs is empty"),
+            ("[[pools]]\nname = \"../x\"\npfs = [\"x\"]", "../x"),
+            (
+                "[[pools]]\nname = \"a\"\npfs = [\"x\"]\n[[pools]]\nname = \"a\"\npfs = [\"y\"]",
+                "defined twice",
+            ),
+            ("[defaults]\nnetworks = [\"nope\"]", "nope"),
+            (
+                "[[pools]]\nname = \"a\"\npfs = [\"x\"]\nqos = 3",
+                "qos needs a vlan",
+            ),
+            ("[[pools]]\nname = \"a\"\npfs = [\"x\"]\nmtu = 10", "mtu 10"),
+            (
+                "[[pools]]\nname = \"a\"\npfs = [\"x\"]\nmode = \"netdev\"\nguest = \"dan\"",
+                "dan",
+            ),
+            ("state_dir = \"run\"", "absolute"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(e.contains("/etc/kata-sriov/config.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn load_missing_default_vs_explicit() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        assert!(matches!(
+            Config::load(Some(&missing)),
+            Err(ConfigError::Io { .. })
+        ));
+        let p = dir.path().join("c.toml");
+        fs::write(&p, "[[pools]]\nname = \"a\"\npfs = [\"x\"]\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.source.as_deref(), Some(p.as_path()));
+    }
+}

@@ -5,10 +5,12 @@
 
 pub mod claim;
 pub mod config;
+pub mod flow;
 pub mod guestnet;
 pub mod ifconf;
 pub mod iommu;
 pub mod ledger;
+pub mod log;
 pub mod netlink;
 pub mod pci;
 pub mod request;

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::pci::PciAddress;
+use crate::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
+use crate::pci::{IfName, PciAddress};
+use crate::rtnl::RtnlError;
 use crate::sysfs::SysfsRoot;
 use crate::vfio::{DriverBinder, VfioError};
 
@@ -246,6 +248,36 @@ impl FakeSysfs {
         relink_at(&self.dir.join(rel), target);
     }
 
+    /// Creates `vfio/vfio` (10:196) and a `vfio/<group>` character node
+    /// (major 240) for every IOMMU group of the tree under `dev_root`, as
+    /// devtmpfs would once the groups are bound to vfio-pci. Needs root.
+    pub fn make_vfio_nodes(&self, dev_root: &Path) -> std::io::Result<()> {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        let dir = dev_root.join("vfio");
+        fs::create_dir_all(&dir)?;
+        let mk = |name: &str, major: u64, minor: u64| -> std::io::Result<()> {
+            let p = dir.join(name);
+            if p.exists() {
+                return Ok(());
+            }
+            mknod(
+                &p,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o600),
+                makedev(major, minor),
+            )
+            .map_err(std::io::Error::from)
+        };
+        mk("vfio", 10, 196)?;
+        for g in fs::read_dir(self.dir.join("kernel/iommu_groups"))?.flatten() {
+            let name = g.file_name().to_string_lossy().into_owned();
+            if let Ok(n) = name.parse::<u64>() {
+                mk(&name, 240, n)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a file (path relative to the tree).
     pub fn write(&self, rel: &str, content: &str) {
         write(&self.dir.join(rel), content);
@@ -305,6 +337,116 @@ impl DriverBinder for FakeBinder {
             iommu: true,
         };
         fake.set_driver(addr, driver);
+        Ok(())
+    }
+}
+
+/// A [`VfNetlink`] fake whose state lives in files under a directory (one
+/// JSON file per PF, updated under a lock), so that several processes see
+/// the same VFs: for multi-process and kill tests. VFs start with a zero
+/// MAC, no VLAN, spoof checking on, trust off, link state auto.
+pub struct FileNetlink {
+    dir: PathBuf,
+    /// Settings this "driver" refuses, with the errno it answers.
+    pub refuse: Vec<(VfSettingKind, i32)>,
+}
+
+type PfState = std::collections::BTreeMap<u32, VfSettings>;
+
+impl FileNetlink {
+    pub fn new(dir: &Path) -> Self {
+        let _ = fs::create_dir_all(dir);
+        FileNetlink {
+            dir: dir.to_owned(),
+            refuse: Vec::new(),
+        }
+    }
+
+    /// Declares a PF with `num` VFs in their default state.
+    pub fn add_pf(&self, pf: &str, num: u32) {
+        let st: PfState = (0..num).map(|i| (i, VfSettings::default())).collect();
+        let _ = fs::write(
+            self.dir.join(format!("{pf}.json")),
+            serde_json::to_vec(&st).unwrap_or_default(),
+        );
+    }
+
+    fn with_state<T>(
+        &self,
+        pf: &IfName,
+        f: impl FnOnce(&mut PfState) -> Result<T, NetlinkError>,
+    ) -> Result<T, NetlinkError> {
+        let path = self.dir.join(format!("{pf}.json"));
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(format!("{pf}.lock")))
+            .map_err(|e| fake_err(pf, 0, &e.to_string()))?;
+        let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| fake_err(pf, 0, &e.to_string()))?;
+        let mut st: PfState = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| fake_err(pf, 0, "no such PF"))?;
+        let r = f(&mut st)?;
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec(&st).unwrap_or_default())
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| fake_err(pf, 0, &e.to_string()))?;
+        Ok(r)
+    }
+
+    /// The current settings of a VF.
+    pub fn get(&self, pf: &str, vf: u32) -> Option<VfSettings> {
+        let pf: IfName = pf.parse().ok()?;
+        self.with_state(&pf, |st| Ok(st.get(&vf).cloned())).ok()?
+    }
+}
+
+fn fake_err(pf: &IfName, vf: u32, reason: &str) -> NetlinkError {
+    NetlinkError::Malformed {
+        pf: pf.clone(),
+        vf,
+        reason: format!("file-backed fake: {reason}"),
+    }
+}
+
+impl VfNetlink for FileNetlink {
+    fn vf_settings(&self, pf: &IfName, vf: u32) -> Result<VfSettings, NetlinkError> {
+        self.with_state(pf, |st| {
+            st.get(&vf).cloned().ok_or(NetlinkError::NoSuchVf {
+                pf: pf.clone(),
+                vf,
+                num_vfs: st.len() as u32,
+            })
+        })
+    }
+
+    fn set_vf(&self, pf: &IfName, vf: u32, setting: VfSetting) -> Result<(), NetlinkError> {
+        if let Some((_, errno)) = self.refuse.iter().find(|(k, _)| *k == setting.kind()) {
+            return Err(NetlinkError::Set {
+                pf: pf.clone(),
+                vf,
+                setting,
+                hint: format!("the fake refuses {}", setting.kind()),
+                cause: RtnlError::Kernel {
+                    request: "RTM_SETLINK (fake)".into(),
+                    errno: *errno,
+                    message: None,
+                },
+            });
+        }
+        self.with_state(pf, |st| {
+            let s = st
+                .get_mut(&vf)
+                .ok_or_else(|| fake_err(pf, vf, "no such VF"))?;
+            s.apply(setting);
+            Ok(())
+        })
+    }
+
+    fn link_up(&self, _ifname: &IfName) -> Result<(), NetlinkError> {
         Ok(())
     }
 }

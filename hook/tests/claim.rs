@@ -1,0 +1,326 @@
+//! Claim / release / gc on fake sysfs trees, with the file-backed netlink
+//! fake and the fake binder (which move the tree's driver links as the
+//! kernel would).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kata_sriov::claim::{ClaimError, Engine};
+use kata_sriov::config::Config;
+use kata_sriov::ledger::{LeaseState, OwnerCheck};
+use kata_sriov::netlink::{VfNetlink, VfSettingKind, VfSettings};
+use kata_sriov::pci::PciAddress;
+use kata_sriov::request::{parse_request, NetworkRequest};
+use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
+
+struct Lab {
+    dir: tempfile::TempDir,
+    fake: FakeSysfs,
+    cfg: Config,
+    nl: FileNetlink,
+    binder: FakeBinder,
+    pf: PciAddress,
+}
+
+const POOL: &str = r#"
+[[pools]]
+name = "fast"
+pfs = ["ens1f0"]
+vlan = 100
+qos = 2
+spoofchk = false
+trust = true
+"#;
+
+fn lab_with(vfs: u32, pool: &str) -> Lab {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let sys = dir.path().join("sys");
+    let dev = dir.path().join("dev");
+    let fake = FakeSysfs::new(&sys);
+    let pf = fake.add_pf("0000:3b:00.0", "ens1f0", vfs, vfs.max(8));
+    fake.make_vfio_nodes(&dev).unwrap();
+    let text = format!(
+        "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n{pool}",
+        dir.path().join("state"),
+        sys,
+        dev
+    );
+    let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
+    let nl = FileNetlink::new(&dir.path().join("nl"));
+    nl.add_pf("ens1f0", vfs);
+    let binder = FakeBinder::new(&fake);
+    Lab {
+        dir,
+        fake,
+        cfg,
+        nl,
+        binder,
+        pf,
+    }
+}
+
+impl Lab {
+    fn engine(&self) -> Engine<'_> {
+        let mut e = Engine::new(&self.cfg, &self.nl, &self.binder).unwrap();
+        e.node_wait = Duration::ZERO;
+        e.release_wait = Duration::from_millis(200);
+        e
+    }
+    fn vf(&self, i: u32) -> PciAddress {
+        self.fake.root().vf_addr(self.pf, i).unwrap()
+    }
+    fn driver(&self, i: u32) -> Option<String> {
+        self.fake.root().driver(self.vf(i)).unwrap()
+    }
+}
+
+fn req(s: &str) -> Vec<NetworkRequest> {
+    parse_request(s).unwrap()
+}
+
+#[test]
+fn claim_configures_binds_and_release_restores() {
+    let lab = lab_with(2, POOL);
+    let e = lab.engine();
+    let got = e
+        .claim("default/c1", &req("fast"), OwnerCheck::None)
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let c = &got[0];
+    assert_eq!(c.vf, lab.vf(0));
+    // What the "kernel" now has: the VF on vfio-pci, the settings on the PF.
+    assert_eq!(lab.driver(0).as_deref(), Some("vfio-pci"));
+    let s = lab.nl.get("ens1f0", 0).unwrap();
+    assert_eq!(Some(s.mac), c.mac);
+    assert!(s.mac.is_locally_administered() && s.mac.is_assignable());
+    assert_eq!((s.vlan.get(), s.qos.get()), (100, 2));
+    assert_eq!((s.spoofchk, s.trust), (Some(false), Some(true)));
+    let node = c.dev_node.as_ref().unwrap();
+    assert_eq!(node.major, 240);
+    assert_eq!(Some(node.minor), c.iommu_group);
+    let lease = e.ledger.read(c.vf).unwrap().unwrap();
+    assert_eq!(lease.state, LeaseState::Claimed);
+    assert_eq!(lease.original_driver.as_deref(), Some("iavf"));
+    // The other VF is untouched.
+    assert_eq!(lab.driver(1).as_deref(), Some("iavf"));
+    assert_eq!(lab.nl.get("ens1f0", 1).unwrap(), VfSettings::default());
+
+    assert_eq!(e.release("default/c1").unwrap(), vec![c.vf]);
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert_eq!(lab.nl.get("ens1f0", 0).unwrap(), VfSettings::default());
+    assert!(e.ledger.read(c.vf).unwrap().is_none());
+    // Idempotent.
+    assert!(e.release("default/c1").unwrap().is_empty());
+    assert!(e.release("nobody").unwrap().is_empty());
+}
+
+#[test]
+fn second_claim_by_same_owner_returns_same_vfs() {
+    let lab = lab_with(4, POOL);
+    let e = lab.engine();
+    let a = e
+        .claim("ns/x", &req("fast,fast"), OwnerCheck::None)
+        .unwrap();
+    let b = e
+        .claim("ns/x", &req("fast,fast"), OwnerCheck::None)
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(e.ledger.leased().unwrap().len(), 2);
+    assert!(matches!(
+        e.claim("ns/x", &req("fast"), OwnerCheck::None),
+        Err(ClaimError::OwnerMismatch { .. })
+    ));
+}
+
+#[test]
+fn exhausted_pool_changes_nothing() {
+    let lab = lab_with(2, POOL);
+    let e = lab.engine();
+    e.claim("a", &req("fast"), OwnerCheck::None).unwrap();
+    let err = e
+        .claim("b", &req("fast,fast"), OwnerCheck::None)
+        .unwrap_err();
+    assert!(
+        matches!(err, ClaimError::Exhausted { wanted: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("exhausted"), "{err}");
+    assert_eq!(e.ledger.leased().unwrap().len(), 1);
+    assert_eq!(lab.driver(1).as_deref(), Some("iavf"));
+    assert_eq!(lab.nl.get("ens1f0", 1).unwrap(), VfSettings::default());
+}
+
+#[test]
+fn unknown_pool_and_mac_policy_are_refused_before_anything() {
+    let lab = lab_with(2, POOL);
+    let e = lab.engine();
+    let err = e.claim("a", &req("slow"), OwnerCheck::None).unwrap_err();
+    assert!(err.to_string().contains("\"slow\"") && err.to_string().contains("fast"));
+    let err = e
+        .claim(
+            "a",
+            &req(r#"[{"pool":"fast","mac":"02:00:00:00:00:09"}]"#),
+            OwnerCheck::None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ClaimError::MacNotAllowed { .. }), "{err}");
+    assert!(e.ledger.leased().unwrap().is_empty());
+}
+
+#[test]
+fn refused_setting_rolls_back_the_earlier_ones() {
+    let mut lab = lab_with(
+        2,
+        &format!("{POOL}link_state = \"enable\"\nmax_tx_rate = 100\n"),
+    );
+    // Like the lab's igb: link state answers EOPNOTSUPP.
+    lab.nl
+        .refuse
+        .push((VfSettingKind::LinkState, libc::EOPNOTSUPP));
+    let e = lab.engine();
+    let err = e.claim("a", &req("fast"), OwnerCheck::None).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("rolled back"), "{msg}");
+    assert_eq!(lab.nl.get("ens1f0", 0).unwrap(), VfSettings::default());
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert!(e.ledger.leased().unwrap().is_empty());
+}
+
+#[test]
+fn failed_bind_rolls_back() {
+    let lab = lab_with(1, POOL);
+    lab.binder.fail_binding_to(Some("vfio-pci"));
+    let e = lab.engine();
+    assert!(e.claim("a", &req("fast"), OwnerCheck::None).is_err());
+    assert_eq!(lab.nl.get("ens1f0", 0).unwrap(), VfSettings::default());
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert!(e.ledger.leased().unwrap().is_empty());
+}
+
+#[test]
+fn corrupt_lease_quarantines_its_vf() {
+    let lab = lab_with(2, POOL);
+    let e = lab.engine();
+    for (i, content) in [(0, ""), (1, "{\"owner\":")] {
+        std::fs::write(e.ledger.lease_path(lab.vf(i)), content).unwrap();
+    }
+    let err = e.claim("a", &req("fast"), OwnerCheck::None).unwrap_err();
+    assert!(matches!(err, ClaimError::Exhausted { .. }), "{err}");
+    let report = e.gc().unwrap();
+    assert_eq!(report.quarantined.len(), 2);
+    assert!(report.released.is_empty());
+    // Still there after gc.
+    assert_eq!(e.ledger.leased().unwrap().len(), 2);
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+}
+
+#[test]
+fn gc_releases_gone_owners_and_keeps_live_ones() {
+    let lab = lab_with(3, POOL);
+    let e = lab.engine();
+    let bundle = lab.dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    e.claim("gone", &req("fast"), OwnerCheck::Bundle(bundle.clone()))
+        .unwrap();
+    e.claim("unknown", &req("fast"), OwnerCheck::None).unwrap();
+    let live = e
+        .claim("live", &req("fast"), kata_sriov::ledger::this_process())
+        .unwrap();
+    assert_eq!(e.gc().unwrap().released.len(), 0);
+    std::fs::remove_dir(&bundle).unwrap();
+    let r = e.gc().unwrap();
+    assert_eq!(r.released.len(), 1);
+    assert_eq!(r.released[0].1, "gone");
+    assert_eq!(r.kept, 2);
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert_eq!(lab.nl.get("ens1f0", 0).unwrap(), VfSettings::default());
+    assert!(e.ledger.read(live[0].vf).unwrap().is_some());
+}
+
+#[test]
+fn iommu_shared_group_is_skipped() {
+    let lab = lab_with(2, POOL);
+    // VF 0 shares its group with an unrelated endpoint.
+    let g = lab.fake.root().iommu_group(lab.vf(0)).unwrap().unwrap();
+    lab.fake
+        .add_device(kata_sriov::testing::FakeDevice::endpoint("0000:5e:00.0").in_group(g));
+    let e = lab.engine();
+    let got = e.claim("a", &req("fast"), OwnerCheck::None).unwrap();
+    assert_eq!(got[0].vf, lab.vf(1));
+    let err = e.claim("b", &req("fast"), OwnerCheck::None).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("0000:5e:00.0"), "{msg}");
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+}
+
+#[test]
+fn release_racing_release_one_does_the_work() {
+    let lab = Arc::new(lab_with(2, POOL));
+    lab.engine()
+        .claim("pod", &req("fast,fast"), OwnerCheck::None)
+        .unwrap();
+    let done: Vec<Vec<PciAddress>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|i| {
+                let lab = Arc::clone(&lab);
+                s.spawn(move || {
+                    let e = lab.engine();
+                    if i == 2 {
+                        let r = e.gc();
+                        assert!(r.is_ok());
+                        Vec::new()
+                    } else {
+                        e.release("pod").unwrap()
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<PciAddress> = done.into_iter().flatten().collect();
+    let uniq: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), uniq.len(), "a VF was released twice: {all:?}");
+    let e = lab.engine();
+    assert!(e.ledger.leased().unwrap().is_empty());
+    for i in 0..2 {
+        assert_eq!(lab.driver(i).as_deref(), Some("iavf"));
+        assert_eq!(lab.nl.get("ens1f0", i).unwrap(), VfSettings::default());
+    }
+}
+
+#[test]
+fn pool_without_settings_makes_no_netlink_call_and_prebound_vfs_stay() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let sys = dir.path().join("sys");
+    let dev = dir.path().join("dev");
+    let fake = FakeSysfs::new(&sys);
+    let pf = fake.add_pf_with("0000:3b:00.0", "ens1f0", 2, 2, Some("vfio-pci"));
+    fake.make_vfio_nodes(&dev).unwrap();
+    let text = format!(
+        "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n[[pools]]\nname = \"p\"\npfs = [\"ens1f0\"]\nmac = \"keep\"\n",
+        dir.path().join("state"),
+        sys,
+        dev
+    );
+    let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
+    // A netlink fake with no PF at all: any call would fail.
+    let nl = FileNetlink::new(&dir.path().join("nl"));
+    let binder = FakeBinder::new(&fake);
+    let e = Engine::new(&cfg, &nl, &binder).unwrap();
+    let got = e.claim("o", &req("p"), OwnerCheck::None).unwrap();
+    assert_eq!(got[0].mac, None);
+    assert!(nl.vf_settings(&"ens1f0".parse().unwrap(), 0).is_err());
+    e.release("o").unwrap();
+    assert_eq!(binder.binds(), 0);
+    assert_eq!(
+        fake.root()
+            .driver(fake.root().vf_addr(pf, 0).unwrap())
+            .unwrap()
+            .as_deref(),
+        Some("vfio-pci")
+    );
+}
