@@ -16,6 +16,7 @@ pub mod pci;
 pub mod request;
 pub mod rtnl;
 pub mod spec;
+pub mod status;
 pub mod sysfs;
 pub mod testing;
 pub mod vfio;

@@ -1,3 +1,250 @@
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("kata-sriov: not implemented yet")
+//! `kata-sriov`: OCI hook modes and the admin CLI, thin over the library.
+//! stdout is protocol in hook modes (precreate prints the edited config);
+//! logs go to a file (`$KATA_SRIOV_LOG`, default `<state_dir>/kata-sriov.log`
+//! for hooks) or stderr, and a failure is one line on stderr.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use slog::{info, Logger};
+
+use kata_sriov::claim::Engine;
+use kata_sriov::config::Config;
+use kata_sriov::flow;
+use kata_sriov::ledger::{Ledger, OwnerCheck};
+use kata_sriov::netlink::KernelNetlink;
+use kata_sriov::request::OWNER_ANNOTATION;
+use kata_sriov::spec::{self, MAX_OWNER};
+use kata_sriov::sysfs::SysfsRoot;
+use kata_sriov::vfio::SysfsBinder;
+use kata_sriov::{log, status};
+
+#[derive(Parser)]
+#[command(
+    name = "kata-sriov",
+    version,
+    about = "Give containers and Kata VMs an SR-IOV VF"
+)]
+struct Cli {
+    /// Admin config (default $KATA_SRIOV_CONFIG, else /etc/kata-sriov/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// OCI hook modes (state or config on stdin).
+    Hook {
+        #[command(subcommand)]
+        mode: HookMode,
+    },
+    /// PFs, VFs, settings, leases and quarantined VFs.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish interrupted claims/releases and release VFs whose owner is gone.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release every VF held by OWNER (an operator's manual release).
+    Release { owner: String },
+}
+
+#[derive(Subcommand)]
+enum HookMode {
+    /// podman's precreate stage: config.json on stdin, edited config on stdout.
+    Precreate,
+    /// createRuntime: state on stdin (netdev pools).
+    CreateRuntime,
+    /// poststop: state on stdin; releases the container's VFs.
+    Poststop,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            let _ = writeln!(std::io::stderr(), "kata-sriov: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Host {
+    nl: KernelNetlink,
+    binder: SysfsBinder,
+}
+
+fn host(cfg: &Config) -> Result<Host> {
+    Ok(Host {
+        nl: KernelNetlink::new().context("opening netlink")?,
+        binder: SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root)),
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.cmd {
+        Cmd::Hook { mode } => {
+            let logger = log::from_env(Some(&cfg.state_dir.join("kata-sriov.log")), "hook");
+            match mode {
+                HookMode::Precreate => precreate(&cfg, &logger),
+                HookMode::CreateRuntime => create_runtime(&cfg, &logger),
+                HookMode::Poststop => poststop(&cfg, &logger),
+            }
+        }
+        Cmd::Status { json } => {
+            let ledger = Ledger::open(&cfg.state_dir)?;
+            let nl = KernelNetlink::new().ok();
+            let st = status::gather(&cfg, &ledger, nl.as_ref().map(|n| n as _))?;
+            let out = if json {
+                serde_json::to_string_pretty(&st)? + "\n"
+            } else {
+                status::render(&st)
+            };
+            std::io::stdout().write_all(out.as_bytes())?;
+            Ok(())
+        }
+        Cmd::Gc { json } => {
+            let h = host(&cfg)?;
+            let engine = Engine::new(&cfg, &h.nl, &h.binder)?;
+            let r = engine.gc()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for (vf, owner) in &r.released {
+                    println!("released {vf} (owner {owner})");
+                }
+                for (vf, why) in &r.quarantined {
+                    println!("quarantined {vf}: {why}");
+                }
+                for vf in &r.busy {
+                    println!("busy {vf}: another process is working on it");
+                }
+                for (vf, why) in &r.failed {
+                    println!("failed {vf}: {why}");
+                }
+                println!(
+                    "gc: {} released, {} kept, {} quarantined, {} busy, {} failed",
+                    r.released.len(),
+                    r.kept,
+                    r.quarantined.len(),
+                    r.busy.len(),
+                    r.failed.len()
+                );
+            }
+            if r.failed.is_empty() {
+                Ok(())
+            } else {
+                bail!(
+                    "{} release(s) failed; the leases stay for the next gc",
+                    r.failed.len()
+                )
+            }
+        }
+        Cmd::Release { owner } => {
+            let h = host(&cfg)?;
+            let engine = Engine::new(&cfg, &h.nl, &h.binder)?;
+            let done = engine.release(&owner)?;
+            for vf in &done {
+                println!("released {vf}");
+            }
+            if done.is_empty() {
+                println!("{owner:?} holds no VF");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A fresh owner token for precreate, which sees no container id.
+fn new_owner() -> String {
+    let mut b = [0u8; 12];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("precreate/{hex}")
+}
+
+fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(spec::MAX_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut input)
+        .context("reading config.json from stdin")?;
+    let mut spec = spec::parse_spec(&input)?;
+    if flow::requests_for(cfg, &spec)?.is_none() {
+        std::io::stdout().write_all(&input)?;
+        return Ok(());
+    }
+    let h = host(cfg)?;
+    let engine = Engine::new(cfg, &h.nl, &h.binder)?;
+    let owner = new_owner();
+    let claimed = flow::claim_into_spec(&engine, &mut spec, &owner, OwnerCheck::None)?;
+    let vfs: Vec<String> = claimed
+        .iter()
+        .flatten()
+        .map(|c| format!("{} ({})", c.vf, c.pool))
+        .collect();
+    info!(logger, "precreate claimed"; "owner" => &owner, "vfs" => vfs.join(", "));
+    let mut out = serde_json::to_vec(&spec)?;
+    out.push(b'\n');
+    if let Err(e) = std::io::stdout().write_all(&out) {
+        let _ = engine.release(&owner);
+        return Err(e).context("writing the edited config to stdout");
+    }
+    Ok(())
+}
+
+fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
+    let state = spec::read_state(std::io::stdin().lock())?;
+    let Some(bundle) = &state.bundle else {
+        return Ok(());
+    };
+    let config = flow::read_bundle_config(bundle)?;
+    let Some(reqs) = flow::requests_for(cfg, &config)? else {
+        return Ok(());
+    };
+    let netdev: Vec<&str> = reqs
+        .iter()
+        .filter(|r| {
+            cfg.pool(r.pool.as_str())
+                .is_some_and(|p| p.mode == kata_sriov::config::Mode::Netdev)
+        })
+        .map(|r| r.pool.as_str())
+        .collect();
+    if !netdev.is_empty() {
+        bail!(
+            "netdev pools ({}) are not supported by this version yet; use mode = \"vfio\"",
+            netdev.join(", ")
+        );
+    }
+    info!(logger, "create-runtime: nothing to do for vfio pools"; "id" => &state.id);
+    Ok(())
+}
+
+fn poststop(cfg: &Config, logger: &Logger) -> Result<()> {
+    let state = spec::read_state(std::io::stdin().lock())?;
+    let owner = match state.annotations.get(OWNER_ANNOTATION) {
+        None => state.id.clone(),
+        Some(v) => match v.as_str() {
+            Some(s) if !s.is_empty() && s.len() <= MAX_OWNER => s.to_owned(),
+            _ => bail!("annotation {OWNER_ANNOTATION}: must be a non-empty string of at most {MAX_OWNER} bytes"),
+        },
+    };
+    let h = host(cfg)?;
+    let engine = Engine::new(cfg, &h.nl, &h.binder)?;
+    let done = engine.release(&owner)?;
+    info!(logger, "poststop released"; "owner" => &owner, "vfs" => done.len());
+    Ok(())
 }
