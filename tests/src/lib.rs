@@ -1,1 +1,101 @@
-//! End-to-end test support.
+//! Support for the end-to-end tests: a fake host (a fake sysfs tree, VFIO
+//! device nodes, a file-backed VF-settings fake, a state dir and a config
+//! file, all in one temp dir on tmpfs), and paths of the built binaries.
+
+use std::path::{Path, PathBuf};
+
+use kata_sriov::pci::PciAddress;
+use kata_sriov::testing::{FakeSysfs, FileNetlink};
+
+pub struct FakeHost {
+    pub dir: tempfile::TempDir,
+    pub fake: FakeSysfs,
+    pub nl: FileNetlink,
+    pub pf: PciAddress,
+    pub config: PathBuf,
+    pub vfs: u32,
+}
+
+impl FakeHost {
+    /// A PF `ens1f0` with `vfs` VFs on `vf_driver`, and a config with
+    /// `extra` appended (pools, `[hook]` ...).
+    pub fn new(vfs: u32, vf_driver: &str, extra: &str) -> FakeHost {
+        let dir = tempfile::Builder::new()
+            .prefix("ks-e2e")
+            .tempdir_in("/dev/shm")
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let sys = dir.path().join("sys");
+        let dev = dir.path().join("dev");
+        let fake = FakeSysfs::new(&sys);
+        let pf = fake.add_pf_with("0000:3b:00.0", "ens1f0", vfs, vfs.max(8), Some(vf_driver));
+        fake.make_vfio_nodes(&dev)
+            .unwrap_or_else(|e| panic!("mknod (needs root): {e}"));
+        let nl = FileNetlink::new(&dir.path().join("nl"));
+        nl.add_pf("ens1f0", vfs);
+        let config = dir.path().join("config.toml");
+        let text = format!(
+            "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n{extra}",
+            dir.path().join("state"),
+            sys,
+            dev
+        );
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("config: {e}"));
+        FakeHost {
+            dir,
+            fake,
+            nl,
+            pf,
+            config,
+            vfs,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn vf(&self, i: u32) -> PciAddress {
+        self.fake
+            .root()
+            .vf_addr(self.pf, i)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn driver(&self, i: u32) -> Option<String> {
+        self.fake
+            .root()
+            .driver(self.vf(i))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// VFs with a lease file.
+    pub fn leased(&self) -> Vec<PciAddress> {
+        let mut v: Vec<PciAddress> = std::fs::read_dir(self.path().join("state/leases"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// A binary built by this workspace (`target/<profile>/NAME`), found next
+/// to the running test executable.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/debug/deps/test-hash -> target/debug/NAME
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
