@@ -254,7 +254,7 @@ fn parse_json(text: &str) -> Result<Vec<NetworkRequest>, RequestError> {
 fn field<T: DeserializeOwned>(name: &'static str, v: Value) -> Result<T, EntryError> {
     serde_json::from_value(v).map_err(|e| EntryError::Field {
         field: name,
-        message: e.to_string(),
+        message: one_line(&e.to_string(), 200),
     })
 }
 
@@ -290,10 +290,23 @@ fn parse_entry(v: Value) -> Result<NetworkRequest, EntryError> {
 
 /// A key cut to a readable length for an error message.
 fn cut(s: &str) -> String {
-    const MAX: usize = 64;
-    let mut out: String = s.chars().take(MAX).collect();
-    if s.chars().count() > MAX {
-        out.push('…');
+    one_line(s, 64)
+}
+
+/// `s` cut to `max` characters with control characters escaped, so that an
+/// error message quoting hostile input stays one readable line.
+fn one_line(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -597,6 +610,15 @@ mod tests {
         // Deep nesting is refused by the JSON parser's depth limit, not a stack overflow.
         let deep = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
         assert!(matches!(parse_request(&deep), Err(RequestError::Json(_))));
+        // Hostile text quoted in a message is one short line.
+        let nl = r#"[{"pool":"a","routes":[{"dst":"10.0.0.0/8","x\ny":1}]}]"#;
+        let e = err(nl);
+        assert!(e.contains(r"unknown field `x\ny`"), "{e}");
+        let long_field = format!(
+            r#"[{{"pool":"a","routes":[{{"dst":"10.0.0.0/8","{}":1}}]}}]"#,
+            "k".repeat(5000)
+        );
+        assert!(err(&long_field).len() < 400);
         // A long unknown key is cut in the message.
         let long_key = format!(r#"[{{"pool":"a","{}":1}}]"#, "k".repeat(1000));
         assert!(err(&long_key).len() < 300);
