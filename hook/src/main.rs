@@ -72,7 +72,18 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            // One line: each cause once (our errors often quote their cause).
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            let msg = msg.replace('\n', " ");
             let _ = writeln!(std::io::stderr(), "kata-sriov: {msg}");
             ExitCode::FAILURE
         }

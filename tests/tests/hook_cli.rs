@@ -1,0 +1,326 @@
+//! The `kata-sriov` binary end to end on a fake host: hook precreate with a
+//! real `runc spec` config, status, poststop, gc, and hostile input (each
+//! rejection: non-zero exit, one line on stderr, nothing on stdout, nothing
+//! changed). The pool's VFs are already on vfio-pci and it sets nothing on
+//! the PF, so no kernel interface is needed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+use kata_sriov_tests::{workspace_bin, FakeHost};
+
+fn host(vfs: u32) -> FakeHost {
+    let bin = workspace_bin("kata-sriov");
+    FakeHost::new(
+        vfs,
+        "vfio-pci",
+        &format!(
+            "[hook]\nbinary = {:?}\n[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nmac = \"keep\"\n\
+             [[pools]]\nname = \"own\"\npfs = [\"0000:3b:00.0\"]\nmac = \"request\"\n",
+            bin
+        ),
+    )
+}
+
+fn ks(host: &FakeHost, args: &[&str], stdin: &[u8]) -> Output {
+    let mut c = Command::new(workspace_bin("kata-sriov"))
+        .arg("--config")
+        .arg(&host.config)
+        .args(args)
+        .env("KATA_SRIOV_LOG", host.path().join("log"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut i = c.stdin.take().unwrap();
+    // A rejected input may close stdin early.
+    let _ = i.write_all(stdin);
+    drop(i);
+    c.wait_with_output().unwrap()
+}
+
+fn base_spec() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/runc-config.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn with_request(req: &str) -> Value {
+    let mut s = base_spec();
+    s["annotations"]["io.kata-sriov.networks"] = Value::from(req);
+    s
+}
+
+fn status(host: &FakeHost) -> Value {
+    let o = ks(host, &["status", "--json"], b"");
+    assert!(o.status.success(), "{o:?}");
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn precreate_status_poststop() {
+    let host = host(2);
+    let input = serde_json::to_vec(&with_request("fast")).unwrap();
+    let o = ks(&host, &["hook", "precreate"], &input);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let group = host.fake.root().iommu_group(host.vf(0)).unwrap().unwrap();
+    let devices = out["linux"]["devices"].as_array().unwrap();
+    // The existing device stays first; ours follow with the real numbers
+    // of the nodes under dev_root.
+    assert_eq!(devices[0]["path"], "/dev/fuse");
+    let node = devices
+        .iter()
+        .find(|d| d["path"] == format!("/dev/vfio/{group}"))
+        .unwrap();
+    assert_eq!(
+        (node["major"].as_u64(), node["minor"].as_u64()),
+        (Some(240), Some(u64::from(group)))
+    );
+    assert_eq!(node["type"], "c");
+    assert!(devices
+        .iter()
+        .any(|d| d["path"] == "/dev/vfio/vfio" && d["major"] == 10 && d["minor"] == 196));
+    let rules = out["linux"]["resources"]["devices"].as_array().unwrap();
+    assert!(rules
+        .iter()
+        .any(|r| r["allow"] == true && r["major"] == 240 && r["minor"] == group));
+    let ann = &out["annotations"];
+    assert_eq!(ann["org.example.keep"], "yes");
+    let owner = ann["io.kata-sriov.owner"].as_str().unwrap().to_owned();
+    let guest: Value =
+        serde_json::from_str(ann["io.kata-sriov.guest-networks"].as_str().unwrap()).unwrap();
+    assert_eq!(guest, json!([{"pci_id": "8086:154c"}]));
+    let hook = &out["hooks"]["poststop"][0];
+    assert_eq!(hook["path"], workspace_bin("kata-sriov").to_str().unwrap());
+    assert_eq!(
+        hook["env"],
+        json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    );
+    let args: Vec<&str> = hook["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.ends_with(&["hook", "poststop"]), "{args:?}");
+    // Fields the rewrite does not own are untouched.
+    let base = base_spec();
+    for k in [
+        "process",
+        "root",
+        "mounts",
+        "x-unknown-extension",
+        "ociVersion",
+    ] {
+        assert_eq!(out[k], base[k], "{k}");
+    }
+    assert_eq!(out["linux"]["namespaces"], base["linux"]["namespaces"]);
+
+    // The lease is visible, with its owner.
+    let st = status(&host);
+    assert_eq!(st["leases"].as_array().unwrap().len(), 1);
+    assert_eq!(st["leases"][0]["owner"], owner.as_str());
+    assert_eq!(st["leases"][0]["state"], "claimed");
+    let vf0 = &st["pfs"][0]["vfs"][0];
+    assert_eq!(vf0["driver"], "vfio-pci");
+    assert_eq!(vf0["lease"]["owner"], owner.as_str());
+
+    // Poststop with Kata's lenient state: no ociVersion, no status.
+    let state = json!({"id": "sandbox-1", "pid": 4242, "bundle": "/nonexistent",
+                       "annotations": {"io.kata-sriov.owner": owner}});
+    let o = ks(
+        &host,
+        &["hook", "poststop"],
+        &serde_json::to_vec(&state).unwrap(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(o.stdout.is_empty());
+    assert!(host.leased().is_empty());
+    assert_eq!(status(&host)["leases"], json!([]));
+    // A second poststop (delete, gc racing) finds nothing and succeeds.
+    let o = ks(
+        &host,
+        &["hook", "poststop"],
+        &serde_json::to_vec(&state).unwrap(),
+    );
+    assert!(o.status.success(), "{o:?}");
+}
+
+#[test]
+fn no_request_passes_the_config_through_byte_for_byte() {
+    let host = host(1);
+    let input =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/runc-config.json")).unwrap();
+    let o = ks(&host, &["hook", "precreate"], &input);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, input);
+    assert!(host.leased().is_empty());
+}
+
+#[test]
+fn poststop_falls_back_to_the_state_id_and_release_by_hand() {
+    let host = host(2);
+    let o = ks(
+        &host,
+        &["hook", "precreate"],
+        &serde_json::to_vec(&with_request("fast")).unwrap(),
+    );
+    assert!(o.status.success());
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let owner = out["annotations"]["io.kata-sriov.owner"].as_str().unwrap();
+    // A state without the owner annotation releases by id: not ours.
+    let o = ks(&host, &["hook", "poststop"], br#"{"id":"other"}"#);
+    assert!(o.status.success());
+    assert_eq!(host.leased().len(), 1);
+    let o = ks(&host, &["release", owner], b"");
+    assert!(o.status.success(), "{o:?}");
+    assert!(host.leased().is_empty());
+}
+
+/// A rejection: exit 1, one line on stderr naming `needle`, no stdout,
+/// nothing leased, the fake tree untouched.
+fn assert_rejected(host: &FakeHost, o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{needle}: {err}");
+    assert!(o.stdout.is_empty(), "{needle}: stdout not empty");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{needle}: not one line: {err}"
+    );
+    assert!(err.contains(needle), "{needle:?} not in: {err}");
+    assert!(host.leased().is_empty(), "{needle}: something was leased");
+    for i in 0..host.vfs {
+        assert_eq!(host.driver(i).as_deref(), Some("vfio-pci"));
+    }
+}
+
+#[test]
+fn hostile_requests_are_refused_and_change_nothing() {
+    let host = host(2);
+    let long_pool = "a,".repeat(40_000);
+    let cases: Vec<(String, &str)> = vec![
+        ("slow".into(), "slow"),
+        ("[{\"pool\":\"fast\"".into(), "io.kata-sriov.networks"),
+        ("{\"pool\":\"fast\"}".into(), "io.kata-sriov.networks"),
+        (r#"[{"pool":"fast","pool":"own"}]"#.into(), "duplicate"),
+        (
+            r#"[{"pool":"fast","ips":["10.0.0.300/24"]}]"#.into(),
+            "10.0.0.300",
+        ),
+        (
+            r#"[{"pool":"fast","ips":["10.0.0.5/33"]}]"#.into(),
+            "10.0.0.5/33",
+        ),
+        (
+            r#"[{"pool":"fast","ips":["10.0.0.5/24"],"gateway":"10.9.9.1"}]"#.into(),
+            "10.9.9.1",
+        ),
+        (
+            r#"[{"pool":"fast","routes":[{"dst":"10.1.0.0/16","via":"fd00::1"}]}]"#.into(),
+            "fd00::1",
+        ),
+        (
+            r#"[{"pool":"own","mac":"01:00:5e:00:00:01"}]"#.into(),
+            "01:00:5e:00:00:01",
+        ),
+        (
+            r#"[{"pool":"own","mac":"00:00:00:00:00:00"}]"#.into(),
+            "00:00:00:00:00:00",
+        ),
+        (
+            r#"[{"pool":"fast","mac":"02:00:00:00:00:01"}]"#.into(),
+            "mac policy",
+        ),
+        (r#"[{"pool":"fast","bogus":1}]"#.into(), "bogus"),
+        ("fast,fast,fast".into(), "exhausted"),
+        ("../../etc".into(), "pool"),
+        (long_pool, "bytes"),
+    ];
+    for (req, needle) in cases {
+        let o = ks(
+            &host,
+            &["hook", "precreate"],
+            &serde_json::to_vec(&with_request(&req)).unwrap(),
+        );
+        assert_rejected(&host, &o, needle);
+    }
+}
+
+#[test]
+fn hostile_stdin_is_refused() {
+    let host = host(1);
+    let big = vec![b' '; 4 * 1024 * 1024 + 10];
+    let mut wrong_type = with_request("fast");
+    wrong_type["linux"]["devices"] = Value::from("oops");
+    let cases: Vec<(&[&str], Vec<u8>, &str)> = vec![
+        (&["hook", "precreate"], b"not json".to_vec(), "JSON"),
+        (&["hook", "precreate"], big.clone(), "limit"),
+        (&["hook", "precreate"], b"[1,2]".to_vec(), "object"),
+        (
+            &["hook", "precreate"],
+            serde_json::to_vec(&wrong_type).unwrap(),
+            "linux.devices",
+        ),
+        (&["hook", "poststop"], b"{\"pid\":1}".to_vec(), "\"id\""),
+        (&["hook", "poststop"], big, "limit"),
+        (
+            &["hook", "poststop"],
+            br#"{"id":"x","annotations":{"io.kata-sriov.owner":7}}"#.to_vec(),
+            "io.kata-sriov.owner",
+        ),
+        (
+            &["hook", "create-runtime"],
+            br#"{"id":"x","bundle":"/nonexistent/bundle"}"#.to_vec(),
+            "does not exist",
+        ),
+    ];
+    for (args, input, needle) in cases {
+        let o = ks(&host, args, &input);
+        assert_rejected(&host, &o, needle);
+    }
+    // config.json that is a symlink.
+    let bundle = host.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", bundle.join("config.json")).unwrap();
+    let state = json!({"id": "x", "bundle": bundle});
+    let o = ks(
+        &host,
+        &["hook", "create-runtime"],
+        &serde_json::to_vec(&state).unwrap(),
+    );
+    assert_rejected(&host, &o, "symlink");
+}
+
+#[test]
+fn gc_from_the_cli() {
+    let host = host(2);
+    let o = ks(
+        &host,
+        &["hook", "precreate"],
+        &serde_json::to_vec(&with_request("fast")).unwrap(),
+    );
+    assert!(o.status.success());
+    // Corrupt lease for VF 1: quarantined, reported, kept.
+    std::fs::write(
+        host.path()
+            .join(format!("state/leases/{}.json", host.vf(1))),
+        "{",
+    )
+    .unwrap();
+    let o = ks(&host, &["gc", "--json"], b"");
+    assert!(o.status.success(), "{o:?}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["quarantined"].as_array().unwrap().len(), 1);
+    // The precreate lease has no owner check: kept.
+    assert_eq!(r["kept"], 1);
+    assert_eq!(host.leased().len(), 2);
+    let st = status(&host);
+    assert_eq!(st["quarantined"][0]["vf"], host.vf(1).to_string());
+}
