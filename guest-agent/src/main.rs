@@ -178,9 +178,22 @@ fn main() {
         run(&args, &log)
     });
     if let Err(e) = result {
-        log.error(&format!("{e:#}"));
+        log.error(&one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each cause once (many errors
+/// already show their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }
 
 #[cfg(test)]
@@ -189,6 +202,17 @@ mod tests {
 
     fn p(a: &[&str]) -> anyhow::Result<Args> {
         parse_args(a.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn error_line_shows_each_cause_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(inner).context("reading x");
+        assert_eq!(one_line(&e), "reading x: disk on fire");
+        let parsed = kata_sriov::guestnet::parse_guest_networks("{").unwrap_err();
+        let shown = parsed.to_string();
+        let e = anyhow::Error::new(parsed).context("stdin");
+        assert_eq!(one_line(&e), format!("stdin: {shown}"));
     }
 
     #[test]
