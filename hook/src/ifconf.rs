@@ -594,3 +594,326 @@ fn route_of(m: &RouteMessage) -> Option<RouteEntry> {
         priority,
     })
 }
+
+/// Against the real kernel: each test makes its own network namespaces
+/// (`ip netns add`, unique names) and opens its socket there with
+/// [`IfConf::open_in_netns`], so the test process stays where it is.
+/// Needs root.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::process::{Child, Command, Stdio};
+
+    struct Ns(String);
+
+    impl Ns {
+        fn new(tag: &str) -> Ns {
+            let name = format!("ksr-ifc-{tag}-{}", std::process::id());
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            ip(&["netns", "add", &name]);
+            Ns(name)
+        }
+        fn ip(&self, args: &[&str]) -> String {
+            let mut all = vec!["-n", &self.0];
+            all.extend_from_slice(args);
+            ip(&all)
+        }
+        fn json(&self, args: &[&str]) -> Value {
+            let mut all = vec!["-j", "-n", &self.0];
+            all.extend_from_slice(args);
+            serde_json::from_str(&ip(&all)).unwrap()
+        }
+        fn conf(&self) -> IfConf {
+            let f = File::open(format!("/run/netns/{}", self.0)).unwrap();
+            IfConf::open_in_netns(f.as_fd()).unwrap()
+        }
+        fn file(&self) -> File {
+            File::open(format!("/run/netns/{}", self.0)).unwrap()
+        }
+        fn veth(&self, name: &str, mac: &str) -> u32 {
+            let peer = format!("{name}p");
+            self.ip(&[
+                "link", "add", name, "address", mac, "type", "veth", "peer", "name", &peer,
+            ]);
+            self.ip(&["link", "set", &peer, "up"]);
+            self.json(&["link", "show", "dev", name])[0]["ifindex"]
+                .as_u64()
+                .unwrap() as u32
+        }
+        fn addrs(&self, dev: &str) -> Vec<String> {
+            self.json(&["addr", "show", "dev", dev])[0]["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["scope"] == "global")
+                .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+                .collect()
+        }
+        fn routes(&self, fam: &str) -> Vec<String> {
+            let mut all = vec!["-j", fam, "-n", &self.0, "route", "show"];
+            all.push("proto");
+            all.push("static");
+            let v: Value = serde_json::from_str(&ip(&all)).unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {}",
+                        r["dst"].as_str().unwrap(),
+                        r["gateway"].as_str().unwrap_or("-"),
+                        r["dev"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        }
+    }
+
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn err_errno(e: &IfconfError) -> Option<i32> {
+        match e {
+            IfconfError::Netlink { source, .. } => source.errno(),
+            _ => None,
+        }
+    }
+
+    fn cidr(s: &str) -> IpCidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn lists_and_sets_link_attributes() {
+        let ns = Ns::new("link");
+        let idx = ns.veth("v1", "02:11:00:00:00:01");
+        let c = ns.conf();
+        let links = c.links().unwrap();
+        let v1 = links.iter().find(|l| l.name == "v1").unwrap();
+        assert_eq!(v1.index, idx);
+        assert_eq!(v1.mac, Some("02:11:00:00:00:01".parse().unwrap()));
+        assert_eq!(v1.mtu, 1500);
+        assert!(!v1.up);
+        assert!(links.iter().any(|l| l.name == "lo" && l.index == 1));
+        // The test process itself is in another namespace: no v1 there.
+        assert!(IfConf::open()
+            .unwrap()
+            .link_by_name("v1")
+            .unwrap()
+            .map_or(true, |l| l.index != idx || l.mac != v1.mac));
+
+        c.set_name(idx, &"net7".parse().unwrap()).unwrap();
+        c.set_mac(idx, "02:11:00:00:00:02".parse().unwrap())
+            .unwrap();
+        c.set_mtu(idx, 1280).unwrap();
+        c.set_up(idx, true).unwrap();
+        let j = &ns.json(&["link", "show", "dev", "net7"])[0];
+        assert_eq!(j["address"], "02:11:00:00:00:02");
+        assert_eq!(j["mtu"], 1280);
+        assert!(j["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+        let l = c.link(idx).unwrap().unwrap();
+        assert_eq!((l.name.as_str(), l.up, l.mtu), ("net7", true, 1280));
+        assert_eq!(c.link_by_name("net7").unwrap().unwrap().index, idx);
+        assert_eq!(c.link_by_name("v1").unwrap(), None);
+        assert_eq!(c.link(999_999).unwrap(), None);
+        // Errors name the link and the setting.
+        let err = c.set_mtu(idx, 10).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("setting MTU 10 on link index {idx}: ")),
+            "{err}"
+        );
+        assert_eq!(err_errno(&err), Some(libc::EINVAL));
+        c.set_up(idx, false).unwrap();
+        assert!(!c.link(idx).unwrap().unwrap().up);
+    }
+
+    #[test]
+    fn addresses_are_idempotent() {
+        let ns = Ns::new("addr");
+        let idx = ns.veth("v1", "02:11:00:00:00:01");
+        let c = ns.conf();
+        assert_eq!(
+            c.add_address(idx, cidr("10.30.0.5/24")).unwrap(),
+            Added::Added
+        );
+        assert_eq!(
+            c.add_address(idx, cidr("fd30::5/64")).unwrap(),
+            Added::Added
+        );
+        assert_eq!(
+            c.add_address(idx, cidr("10.30.0.5/24")).unwrap(),
+            Added::AlreadyThere
+        );
+        assert_eq!(
+            c.add_address(idx, cidr("fd30::5/64")).unwrap(),
+            Added::AlreadyThere
+        );
+        assert_eq!(ns.addrs("v1"), vec!["10.30.0.5/24", "fd30::5/64"]);
+        let j = &ns.json(&["addr", "show", "dev", "v1"])[0]["addr_info"][0];
+        assert_eq!(j["broadcast"], "10.30.0.255");
+        // The same address with another prefix is not silently added.
+        let err = c.add_address(idx, cidr("10.30.0.5/16")).unwrap_err();
+        assert!(
+            matches!(err, IfconfError::AddressConflict { existing, .. } if existing == cidr("10.30.0.5/24")),
+            "{err}"
+        );
+        let found: Vec<IpCidr> = c
+            .addresses(Some(idx))
+            .unwrap()
+            .iter()
+            .filter(|a| a.is_global())
+            .map(|a| a.cidr)
+            .collect();
+        assert_eq!(found, vec![cidr("10.30.0.5/24"), cidr("fd30::5/64")]);
+        assert!(c
+            .addresses(None)
+            .unwrap()
+            .iter()
+            .any(|a| a.index == 1 || a.index == idx));
+        let err = c.add_address(999_999, cidr("10.31.0.5/24")).unwrap_err();
+        assert!(err.to_string().contains("link index 999999"), "{err}");
+    }
+
+    #[test]
+    fn routes_are_idempotent_and_never_replaced() {
+        let ns = Ns::new("route");
+        let idx = ns.veth("v1", "02:11:00:00:00:01");
+        let idx2 = ns.veth("v2", "02:11:00:00:00:02");
+        let c = ns.conf();
+        for (i, a, b) in [
+            (idx, "10.40.0.5/24", "fd40::5/64"),
+            (idx2, "10.41.0.5/24", "fd41::5/64"),
+        ] {
+            c.add_address(i, cidr(a)).unwrap();
+            c.add_address(i, cidr(b)).unwrap();
+            c.set_up(i, true).unwrap();
+        }
+        let r = Route {
+            dst: cidr("10.50.0.0/16"),
+            via: Some("10.40.0.1".parse().unwrap()),
+        };
+        let r6 = Route {
+            dst: cidr("fd50::/64"),
+            via: Some("fd40::1".parse().unwrap()),
+        };
+        let direct = Route {
+            dst: cidr("10.51.0.0/16"),
+            via: None,
+        };
+        for _ in 0..2 {
+            c.add_route(idx, &r).unwrap();
+            c.add_route(idx, &r6).unwrap();
+            c.add_route(idx, &direct).unwrap();
+            c.add_default_route(idx, "10.40.0.1".parse().unwrap())
+                .unwrap();
+            c.add_default_route(idx, "fd40::1".parse().unwrap())
+                .unwrap();
+        }
+        assert_eq!(c.add_route(idx, &r).unwrap(), Added::AlreadyThere);
+        let mut v4 = ns.routes("-4");
+        v4.sort();
+        assert_eq!(
+            v4,
+            vec![
+                "10.50.0.0/16 10.40.0.1 v1",
+                "10.51.0.0/16 - v1",
+                "default 10.40.0.1 v1"
+            ]
+        );
+        let mut v6 = ns.routes("-6");
+        v6.sort();
+        assert_eq!(v6, vec!["default fd40::1 v1", "fd50::/64 fd40::1 v1"]);
+        // Another default route is there: refused, the old one stays.
+        let err = c
+            .add_default_route(idx2, "10.41.0.1".parse().unwrap())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("already has 0.0.0.0/0 via 10.40.0.1"),
+            "{err}"
+        );
+        let err = c
+            .add_default_route(idx2, "fd41::1".parse().unwrap())
+            .unwrap_err();
+        assert!(matches!(err, IfconfError::RouteConflict { .. }), "{err}");
+        assert!(ns.routes("-4").contains(&"default 10.40.0.1 v1".to_owned()));
+        let listed = c.routes(false).unwrap();
+        assert!(listed.iter().any(|e| e.dst == cidr("0.0.0.0/0")
+            && e.gateway == Some("10.40.0.1".parse().unwrap())
+            && e.oif == Some(idx)));
+    }
+
+    struct Sleeper(Child);
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn moves_links_between_namespaces() {
+        let a = Ns::new("mva");
+        let b = Ns::new("mvb");
+        let idx = a.veth("v1", "02:11:00:00:00:01");
+        a.ip(&["link", "set", "v1", "up"]);
+        // `ip netns exec` execs sleep in place: its pid is in namespace b.
+        let sleeper = Sleeper(
+            Command::new("ip")
+                .args(["netns", "exec", &b.0, "sleep", "60"])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let want = std::fs::metadata(format!("/run/netns/{}", b.0)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::metadata(format!("/proc/{}/ns/net", sleeper.0.id()))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+            != Some(std::os::unix::fs::MetadataExt::ino(&want))
+        {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let ca = a.conf();
+        let cb = b.conf();
+        ca.move_to_pid(idx, sleeper.0.id(), Some(&"net1".parse().unwrap()))
+            .unwrap();
+        assert_eq!(ca.link_by_name("v1").unwrap(), None);
+        let moved = cb.link_by_name("net1").unwrap().unwrap();
+        assert_eq!(moved.mac, Some("02:11:00:00:00:01".parse().unwrap()));
+        assert!(!moved.up, "a moved link is down");
+        // And back by namespace fd, with its old name.
+        cb.move_to_netns(moved.index, a.file().as_fd(), Some(&"v1".parse().unwrap()))
+            .unwrap();
+        assert_eq!(cb.link_by_name("net1").unwrap(), None);
+        let back = ca.link_by_name("v1").unwrap().unwrap();
+        assert_eq!(back.mac, moved.mac);
+        // A name taken in the target namespace is refused, nothing moves.
+        let other = b.veth("v1", "02:11:00:00:00:09");
+        let err = ca
+            .move_to_netns(back.index, b.file().as_fd(), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("moving link index"), "{err}");
+        assert!(ca.link(back.index).unwrap().is_some());
+        assert_eq!(
+            cb.link(other).unwrap().unwrap().mac,
+            Some("02:11:00:00:00:09".parse().unwrap())
+        );
+    }
+}
