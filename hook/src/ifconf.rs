@@ -714,7 +714,7 @@ mod tests {
             .unwrap()
             .link_by_name("v1")
             .unwrap()
-            .map_or(true, |l| l.index != idx || l.mac != v1.mac));
+            .is_none_or(|l| l.index != idx || l.mac != v1.mac));
 
         c.set_name(idx, &"net7".parse().unwrap()).unwrap();
         c.set_mac(idx, "02:11:00:00:00:02".parse().unwrap())
