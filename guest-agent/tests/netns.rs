@@ -636,3 +636,52 @@ fn logs_to_kmsg() {
         "no {tag:?} record in the kernel log"
     );
 }
+
+#[test]
+fn two_vfs_in_one_description() {
+    let ns = Netns::new("two");
+    ns.veth("eth1", "02:5a:00:00:00:0b");
+    ns.veth("eth2", "02:5a:00:00:00:0a");
+    let nets = r#"[
+      {"mac":"02:5a:00:00:00:0a","pci_id":"8086:10ca","name":"net1","ips":["10.60.0.5/24"],"gateway":"10.60.0.1"},
+      {"mac":"02:5a:00:00:00:0b","pci_id":"8086:10ca","name":"net2","ips":["10.61.0.5/24","fd61::5/64"],"mtu":9000}]"#;
+    let o = ns.helper(&["--no-kmsg", "--config", "-"], Some(nets));
+    assert_ok(&o);
+    let n1 = ns.link("net1");
+    let n2 = ns.link("net2");
+    assert_eq!(n1["address"], "02:5a:00:00:00:0a");
+    assert_eq!(n2["address"], "02:5a:00:00:00:0b");
+    assert_eq!(addrs_of(&n1), vec!["10.60.0.5/24"]);
+    assert_eq!(addrs_of(&n2), vec!["10.61.0.5/24", "fd61::5/64"]);
+    assert_eq!(n2["mtu"], 9000);
+    assert!(routes_of(&ns, "-4", "net1").contains(&"default via 10.60.0.1".to_owned()));
+    let before = ns.snapshot();
+    let o = ns.helper(&["--no-kmsg", "--config", "-"], Some(nets));
+    assert_ok(&o);
+    assert_eq!(
+        stderr(&o).matches("nothing changed").count(),
+        2,
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(ns.snapshot(), before);
+}
+
+#[test]
+fn existing_default_route_elsewhere_is_not_replaced() {
+    let ns = Netns::new("defrt");
+    ns.veth("eth0", "02:5a:00:00:00:10");
+    ns.ip(&["addr", "add", "10.88.0.2/16", "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["route", "add", "default", "via", "10.88.0.1"]);
+    ns.veth("vf0", "02:5a:00:00:00:01");
+    let o = ns.helper(&["--no-kmsg", "--config", "-"], Some(FULL));
+    let line = assert_refused(&o);
+    assert!(
+        line.contains("route 0.0.0.0/0 via 10.20.0.1")
+            && line.contains("already has 0.0.0.0/0 via 10.88.0.1"),
+        "{line}"
+    );
+    // The VM's own default route is untouched.
+    assert_eq!(routes_of(&ns, "-4", "eth0")[0], "default via 10.88.0.1");
+}
