@@ -1,0 +1,313 @@
+//! Turns a validated description into configured NICs: waits (bounded) for
+//! every entry's NIC, decides all of them before changing anything, moves
+//! NICs into the target network namespace when that is not the helper's
+//! own, then sets name, MAC, MTU, addresses, up, routes and default route.
+//!
+//! Kernel interfaces: rtnetlink through `kata_sriov::ifconf`; sysfs under
+//! the given root for PCI information (see [`crate::nics`]);
+//! `/proc/<pid>/ns/net` and `/proc/thread-self/ns/net` to find and compare
+//! network namespaces.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kata_sriov::guestnet::GuestNetwork;
+use kata_sriov::ifconf::{Added, IfConf, IfconfError, Link};
+use kata_sriov::pci::IfName;
+
+use crate::log::Log;
+use crate::nics::{self, describe, pci_info, MatchError, Nic, Pick};
+
+/// How the helper looks for NICs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// sysfs root (`/sys`).
+    pub sysfs: PathBuf,
+    /// How long to wait for NICs that are not there yet.
+    pub wait: Duration,
+    /// Pause between two looks.
+    pub poll: Duration,
+}
+
+/// Why configuration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    #[error(transparent)]
+    Ifconf(#[from] IfconfError),
+    #[error(transparent)]
+    Match(#[from] MatchError),
+    #[error("{missing}: no matching NIC after waiting {waited:.1} s; NICs seen: {seen}")]
+    NotFound {
+        missing: String,
+        waited: f64,
+        seen: String,
+    },
+    #[error("network namespace of pid {pid}: {source}")]
+    Netns {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{entry}: name {name} is taken by another NIC: {other}")]
+    NameTaken {
+        entry: String,
+        name: IfName,
+        other: String,
+    },
+    #[error("{entry}: NIC {nic} has a name that cannot be carried into another namespace")]
+    BadName { entry: String, nic: String },
+    #[error("{entry}: NIC {name} vanished after it was moved")]
+    Vanished { entry: String, name: String },
+}
+
+/// What one run did, per entry: the NIC's final name and the changes made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub name: String,
+    pub index: u32,
+    pub changes: Vec<String>,
+}
+
+fn ns_id(f: &File) -> std::io::Result<(u64, u64)> {
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// The target namespace when it is not ours: its fd and a socket in it.
+struct Target {
+    ns: File,
+    conf: IfConf,
+}
+
+fn open_target(pid: i32) -> Result<Option<Target>, ConfigureError> {
+    let err = |source| ConfigureError::Netns { pid, source };
+    let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(err)?;
+    let own = File::open("/proc/thread-self/ns/net").map_err(err)?;
+    if ns_id(&ns).map_err(err)? == ns_id(&own).map_err(err)? {
+        return Ok(None);
+    }
+    let conf = IfConf::open_in_netns(ns.as_fd())?;
+    Ok(Some(Target { ns, conf }))
+}
+
+fn gather(conf: &IfConf, sysfs: Option<&std::path::Path>) -> Result<Vec<Nic>, IfconfError> {
+    let links = conf.links()?;
+    let addrs = conf.addresses(None)?;
+    Ok(links
+        .into_iter()
+        .map(|link| Nic {
+            addrs: addrs
+                .iter()
+                .filter(|a| a.index == link.index && a.is_global())
+                .map(|a| a.cidr)
+                .collect(),
+            pci: sysfs.and_then(|root| pci_info(root, &link.name, link.index)),
+            link,
+        })
+        .collect())
+}
+
+/// Configures every entry, in the network namespace of `pid` when given
+/// (moving NICs there first if it is not the helper's own), else here.
+pub fn configure(
+    entries: &[GuestNetwork],
+    pid: Option<i32>,
+    opts: &Options,
+    log: &Log,
+) -> Result<Vec<Outcome>, ConfigureError> {
+    let local = IfConf::open()?;
+    let target = match pid {
+        Some(p) => open_target(p)?,
+        None => None,
+    };
+    if let (Some(p), Some(_)) = (pid, &target) {
+        log.info(&format!(
+            "pid {p} is in another network namespace: NICs found here are moved there"
+        ));
+    }
+
+    let start = Instant::now();
+    let mut said_waiting = false;
+    let (picks, local_nics, target_nics) = loop {
+        let local_nics = gather(&local, Some(&opts.sysfs))?;
+        let target_nics = match &target {
+            Some(t) => Some(gather(&t.conf, None)?),
+            None => None,
+        };
+        let picks = nics::resolve(entries, &local_nics, target_nics.as_deref())?;
+        if picks.iter().all(Option::is_some) {
+            break (picks, local_nics, target_nics);
+        }
+        let missing: Vec<String> = picks
+            .iter()
+            .zip(entries)
+            .enumerate()
+            .filter(|(_, (p, _))| p.is_none())
+            .map(|(i, (_, n))| describe(i, n))
+            .collect();
+        if start.elapsed() >= opts.wait {
+            let mut seen = nics::list(&local_nics);
+            if let Some(t) = &target_nics {
+                seen = format!("{seen}; in the target namespace: {}", nics::list(t));
+            }
+            return Err(ConfigureError::NotFound {
+                missing: missing.join(", "),
+                waited: start.elapsed().as_secs_f64(),
+                seen,
+            });
+        }
+        if !said_waiting {
+            log.info(&format!(
+                "waiting up to {:.1} s for {}",
+                opts.wait.as_secs_f64(),
+                missing.join(", ")
+            ));
+            said_waiting = true;
+        }
+        thread::sleep(opts.poll);
+    };
+
+    // Check every name before changing anything.
+    let mut chosen: Vec<(&GuestNetwork, Pick, &Nic)> = Vec::new();
+    for (e, (n, pick)) in entries.iter().zip(&picks).enumerate() {
+        let Some(pick) = *pick else { continue };
+        let nic = match pick {
+            Pick::Local(i) => &local_nics[i],
+            Pick::Target(i) => match &target_nics {
+                Some(t) => &t[i],
+                None => continue,
+            },
+        };
+        let Some(name) = &n.l3.name else {
+            chosen.push((n, pick, nic));
+            continue;
+        };
+        // Where the NIC ends up, and who else is there. A name held by
+        // another NIC is refused, even one another entry would rename away.
+        let there: &[Nic] = target_nics.as_deref().unwrap_or(&local_nics);
+        if let Some(other) = there
+            .iter()
+            .find(|o| o.link.name == name.as_str() && !std::ptr::eq(*o, nic))
+        {
+            return Err(ConfigureError::NameTaken {
+                entry: describe(e, n),
+                name: name.clone(),
+                other: other.to_string(),
+            });
+        }
+        chosen.push((n, pick, nic));
+    }
+
+    let mut out = Vec::new();
+    for (e, (n, pick, nic)) in chosen.into_iter().enumerate() {
+        let entry = describe(e, n);
+        let mut changes = Vec::new();
+        let (conf, link) = match (&target, pick) {
+            (Some(t), Pick::Local(_)) => {
+                let name = match &n.l3.name {
+                    Some(x) => x.clone(),
+                    None => nic.link.name.parse().map_err(|_| ConfigureError::BadName {
+                        entry: entry.clone(),
+                        nic: nic.to_string(),
+                    })?,
+                };
+                local.move_to_netns(nic.link.index, t.ns.as_fd(), Some(&name))?;
+                changes.push(format!(
+                    "moved {} into the target namespace as {name}",
+                    nic.link.name
+                ));
+                let link = t.conf.link_by_name(name.as_str())?.ok_or_else(|| {
+                    ConfigureError::Vanished {
+                        entry: entry.clone(),
+                        name: name.to_string(),
+                    }
+                })?;
+                (&t.conf, link)
+            }
+            (Some(t), Pick::Target(_)) => (&t.conf, nic.link.clone()),
+            (None, _) => (&local, nic.link.clone()),
+        };
+        apply(conf, &link, n, &mut changes)?;
+        let name =
+            n.l3.name
+                .as_ref()
+                .map_or(link.name.clone(), |x| x.to_string());
+        if changes.is_empty() {
+            log.info(&format!(
+                "{entry}: {name} (index {}) is already configured; nothing changed",
+                link.index
+            ));
+        } else {
+            log.info(&format!(
+                "{entry}: {name} (index {}) configured: {}",
+                link.index,
+                changes.join(", ")
+            ));
+        }
+        out.push(Outcome {
+            name,
+            index: link.index,
+            changes,
+        });
+    }
+    Ok(out)
+}
+
+/// Brings one link to the entry's configuration, recording each change.
+fn apply(
+    conf: &IfConf,
+    start: &Link,
+    n: &GuestNetwork,
+    changes: &mut Vec<String>,
+) -> Result<(), ConfigureError> {
+    let index = start.index;
+    let link = conf.link(index)?.unwrap_or_else(|| start.clone());
+    let rename = n.l3.name.as_ref().filter(|want| want.as_str() != link.name);
+    let remac = n.mac.filter(|m| link.mac != Some(*m));
+    let mut up = link.up;
+    if up && (rename.is_some() || remac.is_some()) {
+        conf.set_up(index, false)?;
+        up = false;
+        changes.push("down".to_owned());
+    }
+    if let Some(want) = rename {
+        conf.set_name(index, want)?;
+        changes.push(format!("renamed {} to {want}", link.name));
+    }
+    if let Some(m) = remac {
+        conf.set_mac(index, m)?;
+        changes.push(format!("mac {m}"));
+    }
+    if let Some(mtu) = n.l3.mtu.filter(|m| *m != link.mtu) {
+        conf.set_mtu(index, mtu)?;
+        changes.push(format!("mtu {mtu}"));
+    }
+    for ip in &n.l3.ips {
+        if conf.add_address(index, *ip)? == Added::Added {
+            changes.push(format!("address {ip}"));
+        }
+    }
+    if !up {
+        conf.set_up(index, true)?;
+        changes.push("up".to_owned());
+    }
+    for r in &n.l3.routes {
+        if conf.add_route(index, r)? == Added::Added {
+            changes.push(format!(
+                "route {}{}",
+                r.dst,
+                r.via.map(|v| format!(" via {v}")).unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(gw) = n.l3.gateway {
+        if conf.add_default_route(index, gw)? == Added::Added {
+            changes.push(format!("default via {gw}"));
+        }
+    }
+    Ok(())
+}
