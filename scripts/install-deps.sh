@@ -21,7 +21,7 @@ SRC
 fi
 
 need=()
-for p in containerd runc docker.io iproute2 busybox-static cpio kmod xz-utils gzip pciutils \
+for p in containerd runc docker.io iproute2 busybox-static cpio kmod xz-utils gzip pciutils jq \
   util-linux procps e2fsprogs; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
