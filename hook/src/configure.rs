@@ -771,12 +771,13 @@ fn diff_ops<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<(Op, &'a str)> {
                 ops.push((Op::Same, am[i]));
                 i += 1;
                 j += 1;
-            } else if j < m && (i == n || lcs[i * w + j + 1] >= lcs[(i + 1) * w + j]) {
-                ops.push((Op::Add, bm[j]));
-                j += 1;
-            } else {
+            } else if i < n && (j == m || lcs[(i + 1) * w + j] >= lcs[i * w + j + 1]) {
+                // Deletions before additions, as diff(1) prints them.
                 ops.push((Op::Del, am[i]));
                 i += 1;
+            } else {
+                ops.push((Op::Add, bm[j]));
+                j += 1;
             }
         }
     }
