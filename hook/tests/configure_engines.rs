@@ -314,6 +314,60 @@ fn binary_dry_run_writes_nothing_and_prints_a_diff_then_writes_with_backup() {
     assert!(out.contains("no change") && !out.contains("+++"), "{out}");
 }
 
+/// Without --validate (Docker 20.10): dockerd parses the file and checks
+/// every directive before anything else; a flag that repeats one of the
+/// file's keys then stops it with a "specified both" error, which it only
+/// reaches for a file without JSON errors or unknown directives. Nothing
+/// is started.
+fn dockerd_loads(f: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("dockerd")
+        .arg("--config-file")
+        .arg(f)
+        .args(["--storage-driver", "overlay2"])
+        .arg("--data-root")
+        .arg(dir.path().join("data"))
+        .arg("--exec-root")
+        .arg(dir.path().join("exec"))
+        .arg("--pidfile")
+        .arg(dir.path().join("pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", dir.path().join("d.sock").display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("specified both as a flag and in the configuration file: storage-driver"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "dockerd got past its config"
+    );
+}
+
+#[test]
+fn dockerd_config_check_catches_bad_files() {
+    if Command::new("dockerd").arg("--version").output().is_err() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "daemon.json",
+        "{\"storage-driver\": \"overlay2\", \"bogus-key\": 1}",
+    );
+    let r = std::panic::catch_unwind(|| dockerd_loads(&bad));
+    assert!(r.is_err(), "an unknown directive must fail the check");
+    let broken = write(
+        dir.path(),
+        "broken.json",
+        "{\"storage-driver\": \"overlay2\",}",
+    );
+    let r = std::panic::catch_unwind(|| dockerd_loads(&broken));
+    assert!(r.is_err(), "a JSON error must fail the check");
+}
+
 #[test]
 fn docker_daemon_json_keeps_keys_in_order_and_validates() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,7 +414,7 @@ fn docker_daemon_json_keeps_keys_in_order_and_validates() {
                 String::from_utf8_lossy(&out.stderr)
             );
         } else {
-            eprintln!("dockerd has no --validate: checked as JSON only");
+            dockerd_loads(&f);
         }
     }
 
