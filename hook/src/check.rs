@@ -738,6 +738,11 @@ pub fn check_containerd(path: &Path) -> CheckResult {
         Err(e) => return fail(ID, format!("reading {p}: {e}"), fix),
     };
     match configure::containerd_has_runtime(&text, path) {
+        Ok(None) if configure::containerd_cri_disabled(&text) => warn(
+            ID,
+            format!("{p} has the {} runtime, but disables the CRI plugin", configure::RUNTIME_NAME),
+            format!("remove \"cri\" from disabled_plugins in {p} (Kubernetes/crictl need it), or use ctr/nerdctl with --runtime io.containerd.kata-sriov.v2"),
+        ),
         Ok(None) => ok(
             ID,
             format!("{p} has the {} runtime", configure::RUNTIME_NAME),

@@ -205,7 +205,16 @@ pub fn backup_path(path: &Path) -> PathBuf {
 }
 
 fn write_with_backup(f: &FileChange) -> Result<(), ConfigureError> {
-    let path = &f.path;
+    // A symlinked config (/etc/containerd/config.toml -> ...) is edited
+    // where it points, and stays a symlink.
+    let resolved;
+    let path = match fs::symlink_metadata(&f.path) {
+        Ok(md) if md.file_type().is_symlink() => {
+            resolved = fs::canonicalize(&f.path).map_err(io_err("resolving", &f.path))?;
+            &resolved
+        }
+        _ => &f.path,
+    };
     let mut mode = 0o644;
     if f.old.is_some() {
         let md = fs::metadata(path).map_err(io_err("inspecting", path))?;
@@ -265,6 +274,12 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
             let path = file.unwrap_or(Path::new(CONTAINERD_CONFIG)).to_owned();
             let old = read_optional(&path)?;
             let new = containerd_edit(old.as_deref().unwrap_or(""), &path)?;
+            if containerd_cri_disabled(&new) {
+                plan.notes.push(format!(
+                    "{} disables the CRI plugin (disabled_plugins): the runtime entry takes effect only once CRI is enabled",
+                    path.display()
+                ));
+            }
             plan.notes.push(
                 "restart containerd to load the runtime (systemctl restart containerd)".into(),
             );
@@ -486,6 +501,26 @@ pub fn containerd_edit(text: &str, path: &Path) -> Result<String, ConfigureError
     add_to_array(rt, "pod_annotations", ANNOTATIONS, path)?;
     add_to_array(rt, "container_annotations", ANNOTATIONS, path)?;
     Ok(doc.to_string())
+}
+
+/// Whether a containerd config disables the CRI plugin (Docker's
+/// containerd.io package ships `disabled_plugins = ["cri"]`): then only
+/// `ctr run --runtime io.containerd.kata-sriov.v2` uses the runtime, never
+/// the runtime entry.
+pub fn containerd_cri_disabled(text: &str) -> bool {
+    let Ok(doc) = text.parse::<DocumentMut>() else {
+        return false;
+    };
+    doc.get("disabled_plugins")
+        .and_then(Item::as_array)
+        .is_some_and(|a| {
+            a.iter().any(|v| {
+                matches!(
+                    v.as_str(),
+                    Some("cri" | "io.containerd.grpc.v1.cri" | "io.containerd.cri.v1.runtime")
+                )
+            })
+        })
 }
 
 /// Whether containerd config text has the kata-sriov runtime: Ok(None)

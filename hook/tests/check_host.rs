@@ -356,7 +356,7 @@ fn binary_exits_non_zero_on_failure_and_prints_json() {
     fs::write(
         &conf,
         format!(
-            "state_dir = \"{}\"\nsysfs_root = \"{}\"\n[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nnum_vfs = 5\n",
+            "state_dir = \"{}\"\nsysfs_root = \"{}\"\n[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nnum_vfs = 9\n",
             l.dir.path().join("state").display(),
             l.fake.dir().display()
         ),
@@ -375,8 +375,9 @@ fn binary_exits_non_zero_on_failure_and_prints_json() {
         .iter()
         .find(|c| c["id"] == "pool.fast.vfs.ens1f0")
         .unwrap();
-    assert_eq!(vfs["status"], "warn", "{vfs}");
-    // The fake tree has no vfio-pci and this host has no Kata shim: failures.
+    // More VFs than the PF supports: a failure on any host.
+    assert_eq!(vfs["status"], "fail", "{vfs}");
+    assert!(vfs["fix"].as_str().unwrap().contains("at most 8"), "{vfs}");
     assert!(v["fail"].as_u64().unwrap() > 0);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

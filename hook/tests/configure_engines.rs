@@ -703,3 +703,31 @@ fn dry_run_diff_applies_with_patch_to_the_written_result() {
         );
     }
 }
+
+#[test]
+fn symlinked_config_is_edited_in_place_and_disabled_cri_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // Docker's containerd.io package ships this file.
+    let text = "#   Copyright 2018-2022 Docker Inc.\n\ndisabled_plugins = [\"cri\"]\n\n#root = \"/var/lib/containerd\"\n";
+    let real = write(dir.path(), "real.toml", &format!("version = 2\n{text}"));
+    let link = dir.path().join("config.toml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let plan = plan_apply(Target::Containerd, &link, &cfg(""));
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("disables the CRI plugin")),
+        "{:?}",
+        plan.notes
+    );
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let new = fs::read_to_string(&real).unwrap();
+    assert!(new.contains("runtimes.kata-sriov]"), "{new}");
+    assert!(configure::backup_path(&real).exists());
+    let c = check::check_containerd(&link);
+    assert_eq!(c.status, Status::Warn, "{c:?}");
+    assert!(c.fix.unwrap().contains("disabled_plugins"));
+}
