@@ -54,6 +54,20 @@ pub struct SetupReport {
     pub skipped: Vec<String>,
 }
 
+/// Records and prints a failure as it happens.
+fn fail(out: &mut dyn Write, list: &mut Vec<String>, msg: String) -> std::io::Result<()> {
+    writeln!(out, "FAILED: {msg}")?;
+    list.push(msg);
+    Ok(())
+}
+
+/// Records and prints something left alone on purpose.
+fn skip(out: &mut dyn Write, list: &mut Vec<String>, msg: String) -> std::io::Result<()> {
+    writeln!(out, "skipped: {msg}")?;
+    list.push(msg);
+    Ok(())
+}
+
 /// One PF and what the pools want of it.
 struct PfPlan {
     name: String,
@@ -98,7 +112,7 @@ impl<'a> Setup<'a> {
             self.vfio(out, &mut r)?;
         }
         let mut used = self.macs_in_use(&ledger);
-        for (addr, plan) in self.plans(&mut r) {
+        for (addr, plan) in self.plans(out, &mut r)? {
             self.pf(out, &mut r, &ledger, addr, &plan, &mut used)?;
         }
         if self
@@ -114,15 +128,13 @@ impl<'a> Setup<'a> {
                         writeln!(out, "created Kata's DAN directory {}", d.display())?;
                         r.changes += 1;
                     }
-                    Err(e) => r.failures.push(format!("creating {}: {e}", d.display())),
+                    Err(e) => fail(
+                        out,
+                        &mut r.failures,
+                        format!("creating {}: {e}", d.display()),
+                    )?,
                 }
             }
-        }
-        for s in &r.skipped {
-            writeln!(out, "skipped: {s}")?;
-        }
-        for f in &r.failures {
-            writeln!(out, "FAILED: {f}")?;
         }
         if r.changes == 0 && r.failures.is_empty() {
             writeln!(out, "setup: nothing to change, the host is already set up")?;
@@ -148,13 +160,17 @@ impl<'a> Setup<'a> {
                 writeln!(out, "vfio-pci: loaded")?;
                 r.changes += 1;
             }
-            Err(e) => r.failures.push(e.to_string()),
+            Err(e) => fail(out, &mut r.failures, e.to_string())?,
         }
         Ok(())
     }
 
     /// The PFs to set up, resolved and merged across pools.
-    fn plans(&self, r: &mut SetupReport) -> BTreeMap<PciAddress, PfPlan> {
+    fn plans(
+        &self,
+        out: &mut dyn Write,
+        r: &mut SetupReport,
+    ) -> std::io::Result<BTreeMap<PciAddress, PfPlan>> {
         let mut plans: BTreeMap<PciAddress, PfPlan> = BTreeMap::new();
         let mut conflicts = HashSet::new();
         for pool in &self.cfg.pools {
@@ -162,7 +178,7 @@ impl<'a> Setup<'a> {
                 let addr = match self.sysfs.resolve_pf(name) {
                     Ok(a) => a,
                     Err(e) => {
-                        r.failures.push(format!("pool {:?}: {e}", pool.name));
+                        fail(out, &mut r.failures, format!("pool {:?}: {e}", pool.name))?;
                         continue;
                     }
                 };
@@ -176,10 +192,10 @@ impl<'a> Setup<'a> {
                 p.keep_mac |= pool.mac == MacPolicy::Keep;
                 match (p.num_vfs, pool.num_vfs) {
                     (Some(a), Some(b)) if a != b && conflicts.insert(addr) => {
-                        r.failures.push(format!(
+                        fail(out, &mut r.failures, format!(
                             "PF {addr}: pools {} ask for different num_vfs ({a} and {b}); the count is left alone",
                             p.pools.join(", ")
-                        ));
+                        ))?;
                     }
                     (None, Some(b)) => p.num_vfs = Some(b),
                     _ => {}
@@ -191,7 +207,7 @@ impl<'a> Setup<'a> {
                 p.num_vfs = None;
             }
         }
-        plans
+        Ok(plans)
     }
 
     /// MACs of the host's interfaces and of every lease.
@@ -242,7 +258,7 @@ impl<'a> Setup<'a> {
         let info = match self.sysfs.pf_info(addr) {
             Ok(i) => i,
             Err(e) => {
-                r.failures.push(e.to_string());
+                fail(out, &mut r.failures, e.to_string())?;
                 return Ok(());
             }
         };
@@ -259,11 +275,13 @@ impl<'a> Setup<'a> {
                     writeln!(out, "{label}: sriov_drivers_autoprobe {} -> 1", v.trim())?;
                     r.changes += 1;
                 }
-                Err(e) => r.failures.push(format!("{label}: {e}")),
+                Err(e) => fail(out, &mut r.failures, format!("{label}: {e}"))?,
             },
-            Err(e) => r
-                .skipped
-                .push(format!("{label}: no sriov_drivers_autoprobe ({e})")),
+            Err(e) => skip(
+                out,
+                &mut r.skipped,
+                format!("{label}: no sriov_drivers_autoprobe ({e})"),
+            )?,
         }
         // The VF count.
         let mut num = info.num_vfs;
@@ -281,10 +299,10 @@ impl<'a> Setup<'a> {
                         .iter()
                         .map(|(vf, o)| format!("{vf} (owner {o})"))
                         .collect();
-                    r.failures.push(format!(
+                    fail(out, &mut r.failures, format!(
                         "{label}: not changing the VF count from {num} to {want}: leased VFs would be destroyed: {}; release them first",
                         who.join(", ")
-                    ));
+                    ))?;
                 } else {
                     let how = if num == 0 {
                         String::new()
@@ -299,15 +317,17 @@ impl<'a> Setup<'a> {
                             r.changes += 1;
                             num = want;
                         }
-                        Err(e) => r.failures.push(format!("{label}: {e}")),
+                        Err(e) => fail(out, &mut r.failures, format!("{label}: {e}"))?,
                     }
                 }
             }
         }
         let Some(netdev) = info.netdev().cloned() else {
-            r.skipped.push(format!(
-                "{label}: no network interface: link and VF settings left alone"
-            ));
+            skip(
+                out,
+                &mut r.skipped,
+                format!("{label}: no network interface: link and VF settings left alone"),
+            )?;
             return Ok(());
         };
         self.link_up(out, r, &label, &netdev)?;
@@ -351,7 +371,7 @@ impl<'a> Setup<'a> {
                     r.changes += 1;
                 }
             }
-            Err(e) => r.failures.push(format!("{label}: {e}")),
+            Err(e) => fail(out, &mut r.failures, format!("{label}: {e}"))?,
         }
         Ok(())
     }
@@ -379,19 +399,22 @@ impl<'a> Setup<'a> {
             let vf = match self.sysfs.vf_addr(pf, i) {
                 Ok(v) => v,
                 Err(e) => {
-                    r.failures.push(format!("{label}: {e}"));
+                    fail(out, &mut r.failures, format!("{label}: {e}"))?;
                     continue;
                 }
             };
             if leased.contains(&vf) {
-                r.skipped
-                    .push(format!("{label}: VF {i} ({vf}) is leased: left alone"));
+                skip(
+                    out,
+                    &mut r.skipped,
+                    format!("{label}: VF {i} ({vf}) is leased: left alone"),
+                )?;
                 continue;
             }
             if self.held_open(vf) {
-                r.skipped.push(format!(
+                skip(out, &mut r.skipped, format!(
                     "{label}: VF {i} ({vf}) is on vfio-pci and held open by another process: left alone"
-                ));
+                ))?;
                 continue;
             }
             match self.nl.vf_settings(netdev, i) {
@@ -401,7 +424,7 @@ impl<'a> Setup<'a> {
                     }
                     current.push((i, vf, s));
                 }
-                Err(e) => r.failures.push(format!("{label}: VF {i} ({vf}): {e}")),
+                Err(e) => fail(out, &mut r.failures, format!("{label}: VF {i} ({vf}): {e}"))?,
             }
         }
         for (i, vf, s) in current {
@@ -428,10 +451,12 @@ impl<'a> Setup<'a> {
             for setting in want {
                 match apply_verified(self.nl, netdev, i, setting) {
                     Ok(()) => done.push(setting.to_string()),
-                    Err(e) if e.is_unsupported() => r.skipped.push(format!(
-                        "{label}: VF {i} ({vf}): {setting} not supported by the driver"
-                    )),
-                    Err(e) => r.failures.push(format!("{label}: VF {i} ({vf}): {e}")),
+                    Err(e) if e.is_unsupported() => skip(
+                        out,
+                        &mut r.skipped,
+                        format!("{label}: VF {i} ({vf}): {setting} not supported by the driver"),
+                    )?,
+                    Err(e) => fail(out, &mut r.failures, format!("{label}: VF {i} ({vf}): {e}"))?,
                 }
             }
             if !done.is_empty() {
