@@ -142,8 +142,12 @@ impl fmt::Display for Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileChange {
     pub path: PathBuf,
+    /// The content the change starts from: `path`'s, or `base`'s.
     pub old: Option<String>,
     pub new: String,
+    /// When `path` does not exist yet and is created from another file
+    /// (Kata's shipped defaults copied to /etc): that file.
+    pub base: Option<PathBuf>,
 }
 
 impl FileChange {
@@ -170,7 +174,9 @@ impl Plan {
         let mut out = String::new();
         for f in self.files.iter().filter(|f| f.changed()) {
             let p = f.path.display().to_string();
-            let old_name = if f.old.is_some() {
+            let old_name = if let Some(b) = &f.base {
+                b.display().to_string()
+            } else if f.old.is_some() {
                 p.clone()
             } else {
                 "/dev/null".to_owned()
@@ -185,8 +191,8 @@ impl Plan {
         out
     }
 
-    /// Writes every changed file (backup first, then an atomic replace).
-    /// Returns the files written.
+    /// Writes every changed file (backup first, then an atomic replace; a
+    /// file made from a `base` is created). Returns the files written.
     pub fn apply(&self) -> Result<Vec<PathBuf>, ConfigureError> {
         let mut done = Vec::new();
         for f in self.files.iter().filter(|f| f.changed()) {
@@ -216,7 +222,7 @@ fn write_with_backup(f: &FileChange) -> Result<(), ConfigureError> {
         _ => &f.path,
     };
     let mut mode = 0o644;
-    if f.old.is_some() {
+    if f.old.is_some() && f.base.is_none() {
         let md = fs::metadata(path).map_err(io_err("inspecting", path))?;
         mode = md.permissions().mode() & 0o7777;
         let bak = backup_path(path);
@@ -283,7 +289,12 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
             plan.notes.push(
                 "restart containerd to load the runtime (systemctl restart containerd)".into(),
             );
-            plan.files.push(FileChange { path, old, new });
+            plan.files.push(FileChange {
+                path,
+                old,
+                new,
+                base: None,
+            });
         }
         Target::Docker => {
             let path = file.unwrap_or(Path::new(DOCKER_CONFIG)).to_owned();
@@ -293,7 +304,12 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
                 "runtimeType in daemon.json needs Docker 23 or later; reload dockerd (systemctl reload docker)"
                     .into(),
             );
-            plan.files.push(FileChange { path, old, new });
+            plan.files.push(FileChange {
+                path,
+                old,
+                new,
+                base: None,
+            });
         }
         Target::Podman => {
             let dir = file.unwrap_or(Path::new(HOOKS_DIR)).to_owned();
@@ -314,7 +330,12 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
                 } else {
                     new
                 };
-                plan.files.push(FileChange { path, old, new });
+                plan.files.push(FileChange {
+                    path,
+                    old,
+                    new,
+                    base: None,
+                });
             }
             if !cfg.hook.poststop {
                 plan.notes.push(
@@ -324,26 +345,63 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
             }
         }
         Target::Kata => {
-            let path = match file {
-                Some(f) => f.to_owned(),
-                None => find_kata_config(&KATA_CONFIG_PATHS)
-                    .ok_or_else(|| ConfigureError::NoKataConfig(KATA_CONFIG_PATHS.join(", ")))?,
-            };
-            let old = read_optional(&path)?.ok_or_else(|| ConfigureError::Io {
-                op: "reading",
-                path: path.clone(),
-                source: io::Error::from(io::ErrorKind::NotFound),
-            })?;
-            let want = KataWant::from_config(cfg);
-            let (new, notes) = kata_edit(&old, &want, &path)?;
-            plan.notes.extend(notes);
-            plan.files.push(FileChange {
-                path,
-                old: Some(old),
-                new,
-            });
+            let paths: Vec<PathBuf> = KATA_CONFIG_PATHS.iter().map(PathBuf::from).collect();
+            return plan_kata(&paths, file, cfg);
         }
     }
+    Ok(plan)
+}
+
+/// Plans the Kata change. `candidates` are Kata's configuration paths in
+/// its own order, the admin's (`/etc`) first. When only a shipped default
+/// exists, the edited copy goes to the admin's path (as Kata's docs
+/// advise: package upgrades replace the defaults), so the defaults stay
+/// untouched. `file` names the file to edit instead.
+pub fn plan_kata(
+    candidates: &[PathBuf],
+    file: Option<&Path>,
+    cfg: &Config,
+) -> Result<Plan, ConfigureError> {
+    let mut plan = Plan::default();
+    let not_found = |path: &Path| ConfigureError::Io {
+        op: "reading",
+        path: path.to_owned(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    };
+    let (path, base) = match file {
+        Some(f) => (f.to_owned(), None),
+        None => {
+            let found = find_kata_config(candidates).ok_or_else(|| {
+                let names: Vec<String> =
+                    candidates.iter().map(|p| p.display().to_string()).collect();
+                ConfigureError::NoKataConfig(names.join(", "))
+            })?;
+            match candidates.first() {
+                Some(admin) if *admin != found => (admin.clone(), Some(found)),
+                _ => (found, None),
+            }
+        }
+    };
+    let src = base.as_deref().unwrap_or(&path);
+    let old = read_optional(src)?.ok_or_else(|| not_found(src))?;
+    let want = KataWant::from_config(cfg);
+    let (new, notes) = kata_edit(&old, &want, src)?;
+    if let Some(b) = &base {
+        if old != new {
+            plan.notes.push(format!(
+                "{} is created from the shipped {} (Kata reads it first; upgrades keep it)",
+                path.display(),
+                b.display()
+            ));
+        }
+    }
+    plan.notes.extend(notes);
+    plan.files.push(FileChange {
+        path,
+        old: Some(old),
+        new,
+        base,
+    });
     Ok(plan)
 }
 

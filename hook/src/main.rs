@@ -320,7 +320,7 @@ fn configure_cmd(
         plan.apply()?;
         for f in plan.files.iter().filter(|f| f.changed()) {
             let p = f.path.display();
-            if f.old.is_some() {
+            if f.old.is_some() && f.base.is_none() {
                 let bak = kata_sriov::configure::backup_path(&f.path);
                 writeln!(out, "{p}: updated (backup {})", bak.display())?;
             } else {

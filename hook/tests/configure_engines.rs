@@ -644,6 +644,14 @@ fn kata_runtime_rs_gets_root_ports_and_the_host_hook_warning() {
     let r = check::run(&c2, &env);
     assert_eq!(kata_check(&r, "kata.plug").status, Status::Ok);
     assert!(r.get("kata.host_hooks").is_none());
+    // Cold plug without root ports: works for the first container only.
+    let cold = write(
+        dir.path(),
+        "cold.toml",
+        &KATA_RS.replace("#pcie_root_port = 2", "cold_plug_vfio = \"root-port\""),
+    );
+    let r = check::run(&c2, &kata_env(dir.path(), &cold));
+    assert_eq!(kata_check(&r, "kata.plug").status, Status::Warn);
 }
 
 #[test]
@@ -730,4 +738,71 @@ fn symlinked_config_is_edited_in_place_and_disabled_cri_is_reported() {
     let c = check::check_containerd(&link);
     assert_eq!(c.status, Status::Warn, "{c:?}");
     assert!(c.fix.unwrap().contains("disabled_plugins"));
+}
+
+#[test]
+fn kata_shipped_defaults_are_copied_to_the_admin_path_not_edited() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc/kata-containers/configuration.toml");
+    let usr = dir.path().join("usr/share/defaults/kata-containers");
+    fs::create_dir_all(&usr).unwrap();
+    let shipped = write(&usr, "configuration-qemu.toml", KATA_GO);
+    let default = usr.join("configuration.toml");
+    std::os::unix::fs::symlink("configuration-qemu.toml", &default).unwrap();
+    let candidates = vec![etc.clone(), default.clone()];
+    let c = cfg("");
+    let plan = configure::plan_kata(&candidates, None, &c).unwrap();
+    assert_eq!(plan.files[0].path, etc);
+    let d = plan.diff();
+    assert!(
+        d.starts_with(&format!(
+            "--- {}\n+++ {}\n",
+            default.display(),
+            etc.display()
+        )),
+        "{d}"
+    );
+    assert!(d.contains("+cold_plug_vfio = \"root-port\""), "{d}");
+    assert!(plan
+        .notes
+        .iter()
+        .any(|n| n.contains("created from the shipped")));
+    plan.apply().unwrap();
+    assert_eq!(
+        fs::read_to_string(&shipped).unwrap(),
+        KATA_GO,
+        "defaults untouched"
+    );
+    assert!(!configure::backup_path(&etc).exists());
+    let made = fs::read_to_string(&etc).unwrap();
+    keeps_every_line(
+        &KATA_GO.replace(
+            "cold_plug_vfio = \"no-port\"",
+            "cold_plug_vfio = \"root-port\"",
+        ),
+        &made,
+    );
+    // Kata now reads /etc: the next run edits it in place and has nothing to do.
+    let again = configure::plan_kata(&candidates, None, &c).unwrap();
+    assert_eq!(again.files[0].path, etc);
+    assert!(again.files[0].base.is_none() && !again.changed());
+    let r = check::run(&c, &kata_env_list(dir.path(), candidates.clone()));
+    assert_eq!(kata_check(&r, "kata.plug").status, Status::Ok);
+
+    // Defaults that already have everything: no copy is made.
+    fs::remove_file(&etc).unwrap();
+    fs::write(&shipped, &made).unwrap();
+    let p = configure::plan_kata(&candidates, None, &c).unwrap();
+    assert!(!p.changed());
+    p.apply().unwrap();
+    assert!(!etc.exists());
+    let none = configure::plan_kata(&[dir.path().join("x.toml")], None, &c).unwrap_err();
+    assert!(none.to_string().contains("x.toml"), "{none}");
+}
+
+fn kata_env_list(dir: &Path, kata: Vec<PathBuf>) -> check::CheckEnv {
+    check::CheckEnv {
+        kata_configs: kata,
+        ..kata_env(dir, &dir.join("unused"))
+    }
 }
