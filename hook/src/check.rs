@@ -196,7 +196,7 @@ pub fn run(cfg: &Config, env: &CheckEnv) -> Report {
     out.push(check_vfio(&root, &env.modules_dir, vfio_pools));
     for pool in &cfg.pools {
         for pf in &pool.pfs {
-            out.extend(check_pf(cfg, &root, pool, pf));
+            out.extend(check_pf(&root, pool, pf));
         }
     }
     out.push(check_state_dir(&cfg.state_dir));
@@ -308,12 +308,7 @@ pub fn check_vfio(root: &SysfsRoot, modules_dir: &Path, needed: bool) -> CheckRe
 }
 
 /// The PF's checks: existence/SR-IOV, VF count, IOMMU isolation.
-fn check_pf(
-    cfg: &Config,
-    root: &SysfsRoot,
-    pool: &crate::config::Pool,
-    pf: &str,
-) -> Vec<CheckResult> {
+fn check_pf(root: &SysfsRoot, pool: &crate::config::Pool, pf: &str) -> Vec<CheckResult> {
     let base = format!("pool.{}", pool.name);
     let id = |what: &str| format!("{base}.{what}.{pf}");
     let mut out = Vec::new();
@@ -399,13 +394,12 @@ fn check_pf(
         )),
     }
     if pool.mode == Mode::Vfio && info.num_vfs > 0 {
-        out.push(check_isolation(cfg, root, addr, info.num_vfs, id("iommu")));
+        out.push(check_isolation(root, addr, info.num_vfs, id("iommu")));
     }
     out
 }
 
 fn check_isolation(
-    _cfg: &Config,
     root: &SysfsRoot,
     pf: crate::pci::PciAddress,
     num: u32,

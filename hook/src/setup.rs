@@ -10,7 +10,9 @@
 //! per the pool's policy: `generate`/`request` give a VF whose MAC is
 //! 00:00:00:00:00:00 a fresh locally administered MAC unique on the host
 //! and keep a non-zero MAC (so a second run changes nothing and MACs stay
-//! stable across runs); `keep` leaves it alone. vfio-pci is loaded first
+//! stable across runs); `keep` leaves it alone (and wins when pools that
+//! share a PF disagree). Pools that share a PF must agree on `num_vfs`,
+//! else the count is left alone and reported. vfio-pci is loaded first
 //! when a pool uses `mode = "vfio"`, and Kata's DAN directory is created
 //! for `guest = "dan"` pools. A setting the driver does not support is
 //! reported and skipped.
