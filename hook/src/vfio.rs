@@ -67,7 +67,9 @@ impl SysfsBinder {
         }
     }
 
-    fn ensure_vfio_pci(&self) -> Result<(), VfioError> {
+    /// Loads vfio-pci (`modprobe`) unless its driver directory exists,
+    /// and waits (bounded) for the directory.
+    pub fn ensure_vfio_pci(&self) -> Result<(), VfioError> {
         if self.root.driver_dir(VFIO_PCI).is_dir() {
             return Ok(());
         }
