@@ -572,6 +572,40 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
+    /// Records, in each of `owner`'s leases, the Kata DAN file written for
+    /// them, so that release and gc delete it.
+    pub fn record_dan_file(
+        &self,
+        owner: &str,
+        path: Option<&std::path::Path>,
+    ) -> Result<(), ClaimError> {
+        for e in self.ledger.list()? {
+            let Ok(l) = e.lease else { continue };
+            if l.owner != owner {
+                continue;
+            }
+            let Some(_g) = self.ledger.lock_vf(l.vf, VF_LOCK_WAIT)? else {
+                return Err(ClaimError::Busy { vf: l.vf });
+            };
+            if let Some(mut cur) = self.ledger.read(l.vf)? {
+                cur.dan_file = path.map(std::path::Path::to_path_buf);
+                cur.updated = ledger::now_secs();
+                self.ledger.update(&cur)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some lease records `path` as its DAN file.
+    pub fn owns_dan_file(&self, path: &std::path::Path) -> Result<bool, ClaimError> {
+        Ok(self
+            .ledger
+            .list()?
+            .into_iter()
+            .filter_map(|e| e.lease.ok())
+            .any(|l| l.dan_file.as_deref() == Some(path)))
+    }
+
     /// Releases every VF `owner` holds. Idempotent: an owner with nothing
     /// is fine, and concurrent releases of the same owner agree.
     pub fn release(&self, owner: &str) -> Result<Vec<PciAddress>, ClaimError> {

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::claim::{ClaimError, ClaimedVf, Engine};
 use crate::config::{Config, GuestMode};
+use crate::dan::{self, DanError};
 use crate::ledger::OwnerCheck;
 use crate::request::{self, NetworkRequest, PoolName, RequestError};
 use crate::spec::{self, DeviceNode, SpecEdit, SpecError};
@@ -26,6 +27,8 @@ pub enum FlowError {
     Claim(#[from] ClaimError),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Dan(#[from] DanError),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -137,6 +140,79 @@ pub fn claim_into_spec(
             *spec = s;
             Ok(Some(claimed))
         }
+        Err(e) => {
+            let _ = engine.release(owner);
+            Err(e)
+        }
+    }
+}
+
+/// Whether any request goes to a pool whose guest learns its network
+/// through Kata's DAN file.
+pub fn wants_dan(cfg: &Config, reqs: &[NetworkRequest]) -> bool {
+    reqs.iter().any(|r| {
+        cfg.pool(r.pool.as_str())
+            .is_some_and(|p| cfg.guest_mode(p) == GuestMode::Dan)
+    })
+}
+
+/// The shim's `start`: [`claim_into_spec`], plus, for `guest = "dan"`
+/// pools, Kata's DAN file for the sandbox (`shim_id` is the shim's `-id`).
+/// A request for a pod's non-sandbox container in DAN mode, a route
+/// without a gateway, or a foreign DAN file are refused before anything is
+/// claimed; a failure after the claim releases it.
+pub fn claim_for_shim(
+    engine: &Engine<'_>,
+    spec: &mut Value,
+    owner: &str,
+    check: OwnerCheck,
+    shim_id: &str,
+) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
+    let cfg = engine.cfg;
+    let Some(reqs) = requests_for(cfg, spec)? else {
+        return Ok(None);
+    };
+    let dan_path = if wants_dan(cfg, &reqs) {
+        let annotations = spec
+            .get("annotations")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let sid = dan::sandbox_id(&annotations, shim_id)?;
+        for r in &reqs {
+            if let Some(route) = r.l3.routes.iter().find(|x| x.via.is_none()) {
+                return Err(DanError::RouteWithoutGateway {
+                    dst: route.dst.to_string(),
+                }
+                .into());
+            }
+        }
+        let p = dan::path(&cfg.dan.dir, &sid);
+        if fs::symlink_metadata(&p).is_ok() && !engine.owns_dan_file(&p)? {
+            return Err(DanError::Foreign { path: p }.into());
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let claimed = claim_into_spec(engine, spec, owner, check)?;
+    let (Some(p), Some(vfs)) = (dan_path, claimed.as_ref()) else {
+        return Ok(claimed);
+    };
+    let written = (|| -> Result<(), FlowError> {
+        let ours: Vec<&ClaimedVf> = vfs.iter().filter(|c| c.guest == GuestMode::Dan).collect();
+        let doc = dan::document(&ours)?;
+        let existed = fs::symlink_metadata(&p).is_ok();
+        engine.record_dan_file(owner, Some(&p))?;
+        if let Err(e) = dan::write(&p, &doc, existed) {
+            // Never let a release delete a file we did not write.
+            engine.record_dan_file(owner, None)?;
+            return Err(e.into());
+        }
+        Ok(())
+    })();
+    match written {
+        Ok(()) => Ok(claimed),
         Err(e) => {
             let _ = engine.release(owner);
             Err(e)

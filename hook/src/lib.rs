@@ -7,6 +7,7 @@ pub mod check;
 pub mod claim;
 pub mod config;
 pub mod configure;
+pub mod dan;
 pub mod flow;
 pub mod guestnet;
 pub mod ifconf;

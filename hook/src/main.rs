@@ -219,9 +219,12 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
         .read_to_end(&mut input)
         .context("reading config.json from stdin")?;
     let mut spec = spec::parse_spec(&input)?;
-    if flow::requests_for(cfg, &spec)?.is_none() {
+    let Some(reqs) = flow::requests_for(cfg, &spec)? else {
         std::io::stdout().write_all(&input)?;
         return Ok(());
+    };
+    if flow::wants_dan(cfg, &reqs) {
+        bail!("pools with guest = \"dan\" work only through containerd-shim-kata-sriov-v2 (Kata reads the DAN file when it creates the sandbox, which a precreate hook cannot name)");
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;

@@ -17,6 +17,9 @@ use crate::pci::{IfName, ParseError, PciAddress, PciId};
 
 /// How long one sysfs write may take before the caller gives up on it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Writing `sriov_numvfs` returns only once every VF was created and
+/// probed by its driver: seconds per VF on some NICs (and in an emulator).
+pub const NUMVFS_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysfsError {
@@ -452,10 +455,10 @@ impl SysfsRoot {
         }
         let p = d.join("sriov_numvfs");
         if info.num_vfs != 0 {
-            self.write(&p, "0")?;
+            write_bounded(&p, "0", NUMVFS_TIMEOUT)?;
         }
         if n != 0 {
-            self.write(&p, &n.to_string())?;
+            write_bounded(&p, &n.to_string(), NUMVFS_TIMEOUT)?;
         }
         Ok(true)
     }
