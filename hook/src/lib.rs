@@ -5,12 +5,14 @@
 
 pub mod claim;
 pub mod config;
+pub mod docker;
 pub mod flow;
 pub mod guestnet;
 pub mod ifconf;
 pub mod iommu;
 pub mod ledger;
 pub mod log;
+pub mod netdev;
 pub mod netlink;
 pub mod pci;
 pub mod request;
