@@ -106,7 +106,11 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     spec["annotations"] = json!({
         "io.kata-sriov.networks": r#"[{"pool":"nd","ips":["10.79.1.5/24"],"gateway":"10.79.1.1"}]"#
     });
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec).unwrap(),
+    )
+    .unwrap();
 
     let r = Runc {
         root: host.path().join("runc"),
@@ -133,7 +137,10 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     );
     // After create (the createRuntime hook ran), before start.
     assert!(!host.host_has(&vf_name), "the VF netdev left the host");
-    assert!(quiet_ok("ip", &["-n", &ns.0, "link", "show", "dev", "net1"]));
+    assert!(quiet_ok(
+        "ip",
+        &["-n", &ns.0, "link", "show", "dev", "net1"]
+    ));
     assert_eq!(host.leases(), 1);
     let o = r.cmd(&["start", &r.id]);
     assert!(o.status.success(), "runc start: {o:?}");
@@ -162,10 +169,21 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     let t = Instant::now();
     let o = r.cmd(&["delete", &r.id]);
     let delete_ms = t.elapsed().as_millis();
-    assert!(o.status.success(), "runc delete: {o:?}\nhook log: {}", log_text());
-    assert!(host.host_has(&vf_name), "back under its own name; log: {}", log_text());
+    assert!(
+        o.status.success(),
+        "runc delete: {o:?}\nhook log: {}",
+        log_text()
+    );
+    assert!(
+        host.host_has(&vf_name),
+        "back under its own name; log: {}",
+        log_text()
+    );
     assert_eq!(host.mac(&vf_name), mac);
-    assert!(!quiet_ok("ip", &["-n", &ns.0, "link", "show", "dev", "net1"]));
+    assert!(!quiet_ok(
+        "ip",
+        &["-n", &ns.0, "link", "show", "dev", "net1"]
+    ));
     assert_eq!(host.leases(), 0, "log: {}", log_text());
     eprintln!("runc delete (poststop: move back + release) took {delete_ms} ms");
 }
@@ -176,7 +194,11 @@ fn create_runtime_without_a_netdev_request_changes_nothing() {
     let host = VethHost::new("kn", 1, "");
     let bundle = host.path().join("b");
     std::fs::create_dir_all(&bundle).unwrap();
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&base_spec()).unwrap()).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&base_spec()).unwrap(),
+    )
+    .unwrap();
     let state = json!({ "ociVersion": "1.0.2", "id": "x", "pid": std::process::id(), "bundle": bundle, "status": "creating" });
     let mut c = Command::new(&bin)
         .args(["hook", "create-runtime"])
@@ -188,7 +210,11 @@ fn create_runtime_without_a_netdev_request_changes_nothing() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    c.stdin.take().unwrap().write_all(&serde_json::to_vec(&state).unwrap()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&state).unwrap())
+        .unwrap();
     let o = c.wait_with_output().unwrap();
     assert!(o.status.success(), "{o:?}");
     assert!(o.stdout.is_empty());
@@ -198,7 +224,11 @@ fn create_runtime_without_a_netdev_request_changes_nothing() {
     // refused there.
     let mut spec = base_spec();
     spec["annotations"] = json!({ "io.kata-sriov.networks": "nd" });
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
     let mut c = Command::new(&bin)
         .args(["hook", "create-runtime"])
         .env("KATA_SRIOV_CONFIG", &host.config)
@@ -208,11 +238,18 @@ fn create_runtime_without_a_netdev_request_changes_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(&serde_json::to_vec(&state).unwrap()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&state).unwrap())
+        .unwrap();
     let o = c.wait_with_output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("host's own network namespace") && err.contains("rolled back"), "{err}");
+    assert!(
+        err.contains("host's own network namespace") && err.contains("rolled back"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(host.host_has(&host.vf_netdev(0)));
     assert_eq!(host.leases(), 0);

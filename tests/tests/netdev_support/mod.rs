@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use kata_sriov::pci::PciAddress;
 use kata_sriov::testing::FakeSysfs;
+use kata_sriov_tests::workspace_bin;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -158,4 +159,123 @@ pub fn busybox_rootfs(dir: &Path) {
     for a in ["sh", "ip", "sleep", "cat", "ls", "echo", "true"] {
         std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// A running `kata-sriov docker-plugin` on its own socket.
+pub struct Plugin {
+    pub child: Option<std::process::Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    config: PathBuf,
+}
+
+impl Plugin {
+    pub fn start(config: &Path, socket: &Path, log: &Path) -> Plugin {
+        let mut p = Plugin {
+            child: None,
+            socket: socket.to_owned(),
+            log: log.to_owned(),
+            config: config.to_owned(),
+        };
+        p.restart();
+        p
+    }
+
+    /// (Re)starts the process and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(workspace_bin("kata-sriov"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("docker-plugin")
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("KATA_SRIOV_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the plugin: {e}"));
+        self.child = Some(child);
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok((200, _)) = call_raw(&self.socket, "Plugin.Activate", b"{}") {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "plugin did not answer: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn call(&self, method: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let b = serde_json::to_vec(&body).unwrap_or_default();
+        let (status, text) =
+            call_raw(&self.socket, method, &b).unwrap_or_else(|e| panic!("{method}: {e}"));
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method}: reply is not JSON ({e}): {text:?}"));
+        (status, v)
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// One HTTP/1.1 POST over a unix socket: (status, body).
+pub fn call_raw(socket: &Path, method: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut req = format!(
+        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    send_raw(socket, &req)
+}
+
+/// Writes raw bytes, reads the whole reply: (status, body).
+pub fn send_raw(socket: &Path, raw: &[u8]) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let _ = s.write_all(raw);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {out:?}")))?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    Ok((status, body))
 }
