@@ -625,10 +625,32 @@ pub fn bind(path: &Path) -> Result<UnixListener, DockerError> {
     Ok(l)
 }
 
-/// Serves connections one at a time, forever (or until accept fails).
+/// Serves connections one at a time, forever. Transient accept errors
+/// (an aborted connection, a signal, a full fd table) are logged and
+/// retried; any other ends the loop.
 pub fn serve(listener: &UnixListener, driver: &Driver<'_>) -> io::Result<()> {
     loop {
-        let (stream, _) = listener.accept()?;
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::ECONNABORTED
+                            | libc::EINTR
+                            | libc::EMFILE
+                            | libc::ENFILE
+                            | libc::ENOBUFS
+                            | libc::ENOMEM
+                    )
+                ) =>
+            {
+                warn!(driver.logger, "accept failed; retrying"; "error" => e.to_string());
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
         if let Err(e) = serve_conn(&stream, &|m, b| driver.handle(m, b)) {
