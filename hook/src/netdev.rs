@@ -460,3 +460,63 @@ fn try_return(
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GuestMode;
+    use crate::guestnet::L3Config;
+
+    fn vf(name: Option<&str>) -> ClaimedVf {
+        ClaimedVf {
+            pool: "nd".into(),
+            mode: Mode::Netdev,
+            guest: GuestMode::Helper,
+            pf: "0000:3b:00.0".parse().unwrap(),
+            vf_index: 0,
+            vf: "0000:3b:10.0".parse().unwrap(),
+            pci_id: "8086:10ca".parse().unwrap(),
+            mac: None,
+            iommu_group: None,
+            dev_node: None,
+            netdev: None,
+            l3: L3Config {
+                name: name.map(|n| n.parse().unwrap()),
+                ..L3Config::default()
+            },
+        }
+    }
+
+    #[test]
+    fn default_names_skip_requested_ones() {
+        let names = |v: Vec<ClaimedVf>| -> Vec<String> {
+            container_names(&v)
+                .unwrap()
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(names(vec![vf(None), vf(None)]), ["net1", "net2"]);
+        assert_eq!(
+            names(vec![vf(None), vf(Some("net1")), vf(None)]),
+            ["net2", "net1", "net3"]
+        );
+        assert_eq!(names(vec![vf(Some("data0")), vf(None)]), ["data0", "net1"]);
+        assert!(names(vec![]).is_empty());
+    }
+
+    #[test]
+    fn owner_comes_from_the_annotation_else_the_id() {
+        let mut st = crate::spec::parse_state(br#"{"id":"c1","pid":5}"#).unwrap();
+        assert_eq!(hook_owner(&st).unwrap(), "c1");
+        st.annotations
+            .insert(OWNER_ANNOTATION.into(), serde_json::json!("default/c1"));
+        assert_eq!(hook_owner(&st).unwrap(), "default/c1");
+        st.annotations
+            .insert(OWNER_ANNOTATION.into(), serde_json::json!(""));
+        assert!(hook_owner(&st).is_err());
+        st.annotations
+            .insert(OWNER_ANNOTATION.into(), serde_json::json!(3));
+        assert!(hook_owner(&st).is_err());
+    }
+}

@@ -124,11 +124,17 @@ impl World {
         HookState {
             id: id.into(),
             pid: Some(i64::from(self.pid())),
-            bundle: Some(self.dir.path().to_owned()),
+            bundle: Some(self.bundle()),
             annotations: Default::default(),
             status: Some("created".into()),
             oci_version: None,
         }
+    }
+
+    fn bundle(&self) -> std::path::PathBuf {
+        let b = self.dir.path().join("bundle");
+        std::fs::create_dir_all(&b).unwrap();
+        b
     }
 
     fn in_ns(&self, args: &[&str]) -> String {
@@ -358,4 +364,24 @@ fn refuses_the_host_namespace_and_a_missing_pid() {
     assert!(netdev::create_runtime(&engine, &st, &json!({}))
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn gc_brings_the_netdev_home_once_the_bundle_is_gone() {
+    let w = World::new(1);
+    let nl = FileNetlink::new(&w.dir.path().join("nl"));
+    let binder = FakeBinder::new(&w.fake);
+    let engine = Engine::new(&w.cfg, &nl, &binder).unwrap();
+    netdev::create_runtime(&engine, &w.state("c6"), &spec_with("nd")).unwrap();
+    assert!(w.ns_has("net1"));
+    // The owner is alive while its bundle exists.
+    let r = engine.gc().unwrap();
+    assert_eq!((r.kept, r.released.len()), (1, 0), "{r:?}");
+    assert!(w.ns_has("net1"));
+    std::fs::remove_dir_all(w.bundle()).unwrap();
+    let r = engine.gc().unwrap();
+    assert_eq!(r.released.len(), 1, "{r:?}");
+    assert!(w.host_has(&w.vf_netdev(0)));
+    assert!(!w.ns_has("net1"));
+    assert_eq!(w.leases(), 0);
 }
