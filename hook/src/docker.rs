@@ -57,6 +57,11 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DST_PREFIX: &str = "eth";
 /// The generic options of `docker network create -o`.
 const GENERIC: &str = "com.docker.network.generic";
+/// After an error reply, at most this much of the rest of a malformed
+/// request is read (and dropped), waiting at most this long per read and
+/// four times as long in all.
+const DRAIN_MAX: u64 = 4 * 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 const VF_LOCK_WAIT: Duration = Duration::from_secs(30);
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
@@ -839,13 +844,27 @@ pub fn write_reply<W: Write>(w: &mut W, reply: &Reply) -> io::Result<()> {
 /// Serves one connection: one request, one reply.
 pub fn serve_conn(stream: &UnixStream, handler: &dyn Fn(&str, &[u8]) -> Reply) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
-    let reply = match read_request(&mut reader) {
-        Ok(req) => handler(&req.path, &req.body),
-        Err(reply) => reply,
+    let (reply, malformed) = match read_request(&mut reader) {
+        Ok(req) => (handler(&req.path, &req.body), false),
+        Err(reply) => (reply, true),
     };
     let mut w = stream;
     write_reply(&mut w, &reply)?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    if malformed {
+        // Closing a unix socket with unread input resets the peer before
+        // it reads the reply: read (and drop) what it still sends, bounded.
+        let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 8192];
+        let mut total = 0u64;
+        while total < DRAIN_MAX && start.elapsed() < DRAIN_TIMEOUT * 4 {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+    }
     Ok(())
 }
 
