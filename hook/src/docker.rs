@@ -13,8 +13,10 @@
 //! Everything survives a restart of the plugin: endpoints are found again
 //! through their leases.
 //!
-//! The HTTP side is a small blocking HTTP/1.1 server: one request per
-//! connection (answered with `Connection: close`), POST only, headers at
+//! The HTTP side is a small blocking HTTP/1.1 server: a thread per
+//! connection (at most [`MAX_CONNECTIONS`]) reads one request and writes
+//! its reply (`Connection: close`); the calls run one at a time on the
+//! thread that owns the engine. POST only, headers at
 //! most [`MAX_HEAD`] bytes, bodies at most [`MAX_BODY`] (`Content-Length`
 //! or chunked), read and write timeouts. Malformed requests get an HTTP
 //! 400 with a JSON `{"Err": ...}`; unknown methods a 404 with one (which
@@ -29,6 +31,8 @@ use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -630,10 +634,38 @@ pub fn bind(path: &Path) -> Result<UnixListener, DockerError> {
     Ok(l)
 }
 
-/// Serves connections one at a time, forever. Transient accept errors
-/// (an aborted connection, a signal, a full fd table) are logged and
-/// retried; any other ends the loop.
+/// Serves connections until accepting fails for good. Each connection is
+/// read and answered on its own thread (at most [`MAX_CONNECTIONS`] at
+/// once; more get a 503), so a slow or silent client holds up no one;
+/// the calls themselves run one at a time on the calling thread, which
+/// owns the engine. Transient accept errors (an aborted connection, a
+/// signal, a full fd table) are logged and retried.
 pub fn serve(listener: &UnixListener, driver: &Driver<'_>) -> io::Result<()> {
+    type Job = (Request, mpsc::SyncSender<Reply>);
+    let (tx, rx) = mpsc::channel::<Job>();
+    let logger = driver.logger.clone();
+    std::thread::scope(|s| {
+        let acceptor = s.spawn(move || accept_loop(listener, &tx, &logger));
+        for (req, back) in rx {
+            let _ = back.send(driver.handle(&req.path, &req.body));
+        }
+        acceptor
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the accepting thread panicked")))
+    })
+}
+
+/// Connections open at once; more are refused with a 503.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a refused connection's input is read before closing it.
+const REJECT_DRAIN: Duration = Duration::from_millis(100);
+
+fn accept_loop(
+    listener: &UnixListener,
+    tx: &mpsc::Sender<(Request, mpsc::SyncSender<Reply>)>,
+    logger: &Logger,
+) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -650,7 +682,7 @@ pub fn serve(listener: &UnixListener, driver: &Driver<'_>) -> io::Result<()> {
                     )
                 ) =>
             {
-                warn!(driver.logger, "accept failed; retrying"; "error" => e.to_string());
+                warn!(logger, "accept failed; retrying"; "error" => e.to_string());
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -658,8 +690,53 @@ pub fn serve(listener: &UnixListener, driver: &Driver<'_>) -> io::Result<()> {
         };
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        if let Err(e) = serve_conn(&stream, &|m, b| driver.handle(m, b)) {
-            warn!(driver.logger, "connection dropped"; "error" => e.to_string());
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let mut w = &stream;
+            let _ = write_reply(&mut w, &Reply::err(503, "too many connections; try again"));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            // Drop what the client sends (briefly: this holds up accepting,
+            // under overload only), so that closing does not reset it
+            // before it reads the reply.
+            if stream.set_read_timeout(Some(REJECT_DRAIN)).is_ok() {
+                let mut buf = [0u8; 8192];
+                let mut r = &stream;
+                let mut total = 0;
+                while total < MAX_HEAD + MAX_BODY {
+                    match r.read(&mut buf) {
+                        Ok(n) if n > 0 => total += n,
+                        _ => break,
+                    }
+                }
+            }
+            continue;
+        }
+        let tx = tx.clone();
+        let active = Arc::clone(&active);
+        let conn_logger = logger.clone();
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                let handler = |path: &str, body: &[u8]| {
+                    let (back, answer) = mpsc::sync_channel(1);
+                    let req = Request {
+                        path: path.to_owned(),
+                        body: body.to_vec(),
+                    };
+                    if tx.send((req, back)).is_err() {
+                        return Reply::err(503, "the plugin is shutting down");
+                    }
+                    answer
+                        .recv()
+                        .unwrap_or_else(|_| Reply::err(500, "the call was dropped"))
+                };
+                if let Err(e) = serve_conn(&stream, &handler) {
+                    warn!(conn_logger, "connection dropped"; "error" => e.to_string());
+                }
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            warn!(logger, "cannot start a connection thread"; "error" => e.to_string());
         }
     }
 }

@@ -277,10 +277,38 @@ fn bad_requests_get_a_json_err_and_the_plugin_keeps_serving() {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert!(v["Err"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
     }
-    // A client that connects and says nothing does not wedge the plugin
-    // for long (10 s read timeout); one that hangs up mid-request neither.
-    drop(std::os::unix::net::UnixStream::connect(&p.socket).unwrap());
-    assert!(p.alive());
+    // Clients that connect and say nothing hold up no one; past the
+    // connection limit the plugin answers 503 with a JSON Err; once they
+    // hang up, it serves again.
+    let silent: Vec<_> = (0..40)
+        .map(|_| std::os::unix::net::UnixStream::connect(&p.socket).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (status, v) = p.call("Plugin.Activate", json!({}));
+    assert_eq!(status, 503, "{v}");
+    assert!(v["Err"].as_str().unwrap().contains("too many"), "{v}");
+    drop(silent);
+    let start = std::time::Instant::now();
+    loop {
+        let (status, _) = p.call("Plugin.Activate", json!({}));
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "still {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let one_silent = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
+    let t = std::time::Instant::now();
     ok(&p, "Plugin.Activate", json!({}));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(one_silent);
+    assert!(p.alive());
     p.kill();
 }
