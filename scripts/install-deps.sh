@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and the lab need on a fresh Debian bookworm machine
 # that has only the Rust toolchain: containerd, runc, docker.io, iproute2,
-# busybox, and QEMU >= 8.0 (igb) from bookworm-backports. Safe to re-run.
+# busybox, and QEMU >= 8.0 (igb) from bookworm-backports, plus what
+# tests/lab/lab.sh uses to build its initramfs (cpio, xz, kmod). Safe to re-run:
+# it only runs apt-get when something is missing.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
@@ -19,13 +21,16 @@ SRC
 fi
 
 need=()
-for p in containerd runc docker.io iproute2 busybox-static cpio kmod util-linux procps e2fsprogs; do
+for p in containerd runc docker.io iproute2 busybox-static cpio kmod xz-utils gzip pciutils jq \
+  util-linux procps e2fsprogs; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 qemu_ok=
 if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p')
-  [ "${v:-0}" -ge 8 ] && qemu_ok=1
+  if [ "${v:-0}" -ge 8 ] && qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; then
+    qemu_ok=1
+  fi
 fi
 if [ ${#need[@]} -gt 0 ] || [ -z "$qemu_ok" ] || [ -n "${added_source:-}" ]; then
   apt-get update -q

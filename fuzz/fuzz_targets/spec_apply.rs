@@ -2,6 +2,8 @@
 //! never panic; a refused spec is left unchanged; an accepted one gives
 //! the same result when the edit is applied a second time, keeps every
 //! top-level field it does not own, and holds each device exactly once.
+//! Inputs are also planted (first byte picks where) into the fields the
+//! edit owns.
 #![no_main]
 
 use std::path::Path;
@@ -63,28 +65,25 @@ fn text(v: &Value) -> String {
     serde_json::to_string(v).expect("values serialize")
 }
 
-fuzz_target!(|data: &[u8]| {
-    let _ = parse_state(data);
-    let Ok(spec) = parse_spec(data) else {
-        return;
-    };
-    let original = text(&spec);
+/// Runs every edit on `spec` and checks the properties above.
+fn check(spec: &Value) {
+    let original = text(spec);
     for edit in edits() {
         let mut s = spec.clone();
         match apply(&mut s, &edit) {
             Err(_) => {
                 assert_eq!(text(&s), original, "spec changed on error");
                 assert!(
-                    check_spec(&spec).is_err(),
+                    check_spec(spec).is_err(),
                     "valid edits fail only on the spec"
                 );
             }
             Ok(()) => {
-                assert!(check_spec(&spec).is_ok());
+                assert!(check_spec(spec).is_ok());
                 let once = text(&s);
                 apply(&mut s, &edit).expect("second application");
                 assert_eq!(text(&s), once, "not idempotent");
-                let (Value::Object(before), Value::Object(after)) = (&spec, &s) else {
+                let (Value::Object(before), Value::Object(after)) = (spec, &s) else {
                     panic!("root is not an object");
                 };
                 // Existing top-level keys keep their order; new ones come after.
@@ -110,6 +109,32 @@ fuzz_target!(|data: &[u8]| {
                     Some(edit.owner.as_str())
                 );
             }
+        }
+    }
+}
+
+/// Puts `v` at one of the places the edit owns, chosen by `pick`, so the
+/// fuzzer spends its time there rather than on JSON syntax.
+fn planted(pick: u8, v: Value) -> Value {
+    use serde_json::json;
+    match pick % 6 {
+        0 => json!({"ociVersion": "1.0.2", "linux": v}),
+        1 => json!({"linux": {"devices": v, "resources": {"devices": []}}}),
+        2 => json!({"linux": {"devices": [], "resources": {"devices": v}}}),
+        3 => json!({"hooks": {"poststop": v}, "process": {}}),
+        4 => json!({"annotations": v}),
+        _ => json!({"hooks": v, "annotations": {}}),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_state(data);
+    if let Ok(spec) = parse_spec(data) {
+        check(&spec);
+    }
+    if let Some((&pick, rest)) = data.split_first() {
+        if let Ok(v) = serde_json::from_slice::<Value>(rest) {
+            check(&planted(pick, v));
         }
     }
 });

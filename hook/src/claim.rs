@@ -389,7 +389,16 @@ impl<'a> Engine<'a> {
             .into_iter()
             .filter_map(|e| e.lease.ok().and_then(|l| l.mac))
             .collect();
-        macs_in_use.extend(host_macs(&self.sysfs));
+        // Only a claim that chooses MACs needs the host's (a scan of every
+        // netdev, the one cost here that grows with the host's size).
+        let chooses_mac = reqs.iter().any(|r| {
+            self.cfg
+                .pool(r.pool.as_str())
+                .is_some_and(|p| p.mac != MacPolicy::Keep)
+        });
+        if chooses_mac {
+            macs_in_use.extend(host_macs(&self.sysfs));
+        }
         let mut picks: Vec<Pick> = Vec::new();
         let mut per_pool: HashMap<&str, usize> = HashMap::new();
         for r in reqs {
@@ -675,10 +684,9 @@ impl<'a> Engine<'a> {
         let node = self.cfg.dev_root.join("vfio").join(group.to_string());
         let start = Instant::now();
         loop {
-            let pids = vfio::holders(&self.proc_root, &node);
-            if pids.is_empty() {
+            let Some(pids) = vfio::group_busy(&self.proc_root, &node) else {
                 return Ok(());
-            }
+            };
             if start.elapsed() >= wait {
                 return Err(ClaimError::InUse {
                     vf,

@@ -3,8 +3,10 @@
 //! spec so that a container (above all a Kata VM) gets the VF. See
 //! `DESIGN.md` in the repository for the module map.
 
+pub mod check;
 pub mod claim;
 pub mod config;
+pub mod configure;
 pub mod docker;
 pub mod flow;
 pub mod guestnet;
@@ -17,6 +19,7 @@ pub mod netlink;
 pub mod pci;
 pub mod request;
 pub mod rtnl;
+pub mod setup;
 pub mod spec;
 pub mod status;
 pub mod sysfs;

@@ -55,6 +55,24 @@ enum Cmd {
     },
     /// Release every VF held by OWNER (an operator's manual release).
     Release { owner: String },
+    /// Prepare the host: VF counts, vfio-pci, PFs up, free VFs in a clean state.
+    Setup,
+    /// Readiness report; exits non-zero when a check fails.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add kata-sriov to containerd, docker, podman (hooks.d) or kata (configuration.toml).
+    Configure {
+        /// containerd, docker, podman or kata
+        target: kata_sriov::configure::Target,
+        /// Print the change as a unified diff; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The file to edit (podman: the hooks.d directory) instead of the default.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Docker network driver (libnetwork remote driver) on a unix socket.
     DockerPlugin {
         /// The socket; its file name is the driver's name in Docker.
@@ -181,6 +199,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Setup => setup_cmd(&cfg),
+        Cmd::Check { json } => check_cmd(&cfg, json),
+        Cmd::Configure {
+            target,
+            dry_run,
+            file,
+        } => configure_cmd(&cfg, target, dry_run, file.as_deref()),
     }
 }
 
@@ -267,5 +292,65 @@ fn poststop(cfg: &Config, logger: &Logger) -> Result<()> {
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
     let done = engine.release(&owner)?;
     info!(logger, "poststop released"; "owner" => &owner, "vfs" => done.len());
+    Ok(())
+}
+
+fn setup_cmd(cfg: &Config) -> Result<()> {
+    let nl = KernelNetlink::new().context("opening netlink")?;
+    let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+    let load = || binder.ensure_vfio_pci();
+    let r = kata_sriov::setup::Setup::new(cfg, &nl, &load).run(&mut std::io::stdout())?;
+    if !r.failures.is_empty() {
+        bail!("setup: {} step(s) failed (see above)", r.failures.len());
+    }
+    Ok(())
+}
+
+fn check_cmd(cfg: &Config, json: bool) -> Result<()> {
+    let report = kata_sriov::check::run(cfg, &kata_sriov::check::CheckEnv::host());
+    let out = if json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        report.render()
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    if report.failed() {
+        bail!("{} check(s) failed", report.fail);
+    }
+    Ok(())
+}
+
+fn configure_cmd(
+    cfg: &Config,
+    target: kata_sriov::configure::Target,
+    dry_run: bool,
+    file: Option<&std::path::Path>,
+) -> Result<()> {
+    let plan = kata_sriov::configure::plan(target, file, cfg)?;
+    let mut out = std::io::stdout().lock();
+    if !plan.changed() {
+        for f in &plan.files {
+            writeln!(out, "{}: already configured, no change", f.path.display())?;
+        }
+        return Ok(());
+    }
+    if dry_run {
+        out.write_all(plan.diff().as_bytes())?;
+        writeln!(out, "(dry run: nothing written)")?;
+    } else {
+        plan.apply()?;
+        for f in plan.files.iter().filter(|f| f.changed()) {
+            let p = f.path.display();
+            if f.old.is_some() && f.base.is_none() {
+                let bak = kata_sriov::configure::backup_path(&f.path);
+                writeln!(out, "{p}: updated (backup {})", bak.display())?;
+            } else {
+                writeln!(out, "{p}: created")?;
+            }
+        }
+    }
+    for n in &plan.notes {
+        writeln!(out, "note: {n}")?;
+    }
     Ok(())
 }

@@ -480,7 +480,8 @@ const RTM_NEWLINK: u16 = 16;
 /// Size of `struct ifinfomsg`.
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_VFINFO_LIST: u16 = 22;
-const IFLA_NUM_VF: u16 = 37;
+/// From include/uapi/linux/if_link.h (37 is IFLA_LINK_NETNSID).
+const IFLA_NUM_VF: u16 = 21;
 const IFLA_VF_INFO: u16 = 1;
 const IFLA_VF_MAC: u16 = 1;
 const IFLA_VF_VLAN: u16 = 2;
@@ -1149,7 +1150,7 @@ mod tests {
         v.extend(nla(3, b"eth0\0"));
         v.extend(nla(4, &u32s(&[1500]))); // IFLA_MTU
         if let Some(n) = num_vfs {
-            v.extend(nla(37, &u32s(&[n])));
+            v.extend(nla(IFLA_NUM_VF, &u32s(&[n])));
         }
         if !vfs.is_empty() {
             let list: Vec<u8> = vfs.iter().flat_map(|k| vf_info(k, nested_flag)).collect();

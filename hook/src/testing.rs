@@ -252,6 +252,18 @@ impl FakeSysfs {
     /// (major 240) for every IOMMU group of the tree under `dev_root`, as
     /// devtmpfs would once the groups are bound to vfio-pci. Needs root.
     pub fn make_vfio_nodes(&self, dev_root: &Path) -> std::io::Result<()> {
+        self.make_vfio_nodes_as(dev_root, None)
+    }
+
+    /// Like [`FakeSysfs::make_vfio_nodes`], but every group node gets the
+    /// given numbers: `Some((1, 3))`, the null device, opens like a free
+    /// VFIO group, so a release sees it free without scanning `/proc` (as
+    /// on a real host); 240:N nodes have no driver and are scanned for.
+    pub fn make_vfio_nodes_as(
+        &self,
+        dev_root: &Path,
+        numbers: Option<(u64, u64)>,
+    ) -> std::io::Result<()> {
         use nix::sys::stat::{makedev, mknod, Mode, SFlag};
         let dir = dev_root.join("vfio");
         fs::create_dir_all(&dir)?;
@@ -272,7 +284,8 @@ impl FakeSysfs {
         for g in fs::read_dir(self.dir.join("kernel/iommu_groups"))?.flatten() {
             let name = g.file_name().to_string_lossy().into_owned();
             if let Ok(n) = name.parse::<u64>() {
-                mk(&name, 240, n)?;
+                let (major, minor) = numbers.unwrap_or((240, n));
+                mk(&name, major, minor)?;
             }
         }
         Ok(())

@@ -67,7 +67,9 @@ impl SysfsBinder {
         }
     }
 
-    fn ensure_vfio_pci(&self) -> Result<(), VfioError> {
+    /// Loads vfio-pci (`modprobe`) unless its driver directory exists,
+    /// and waits (bounded) for the directory.
+    pub fn ensure_vfio_pci(&self) -> Result<(), VfioError> {
         if self.root.driver_dir(VFIO_PCI).is_dir() {
             return Ok(());
         }
@@ -201,6 +203,30 @@ pub fn container_node(dev_root: &Path) -> Result<DevNode, VfioError> {
     dev_node(&dev_root.join("vfio/vfio"))
 }
 
+/// Whether a VFIO group is held open, for a release waiting on the
+/// hypervisor: None when free, else the holders' pids (empty when the node
+/// is busy but no holder could be named). A group node opens only once at a
+/// time, so an open that succeeds proves it free and an open that answers
+/// EBUSY proves it held, without scanning every process's fds; only when
+/// the open fails otherwise (a node with no driver behind it) is `/proc`
+/// scanned. The probe open is closed at once.
+pub fn group_busy(proc_root: &Path, node: &Path) -> Option<Vec<u32>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(node);
+    match probe {
+        Ok(_) => None,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Some(holders(proc_root, node)),
+        Err(_) => {
+            let pids = holders(proc_root, node);
+            (!pids.is_empty()).then_some(pids)
+        }
+    }
+}
+
 /// The pids under `proc_root` that hold `node` open.
 pub fn holders(proc_root: &Path, node: &Path) -> Vec<u32> {
     let mut out = Vec::new();
@@ -295,5 +321,15 @@ mod tests {
         let me = std::process::id();
         assert!(holders(Path::new("/proc"), &f).contains(&me));
         assert!(!holders(Path::new("/proc"), &dir.path().join("nothing")).contains(&me));
+        // A node that opens is free; one that does not is scanned for.
+        assert_eq!(group_busy(Path::new("/proc"), Path::new("/dev/null")), None);
+        assert_eq!(group_busy(Path::new("/proc"), &f), None);
+        // A node that cannot be opened read-write (here a directory, EISDIR)
+        // falls back to the scan, which finds this process holding it.
+        let held = dir.path().join("held-dir");
+        fs::create_dir(&held).unwrap();
+        let _d = fs::File::open(&held).unwrap();
+        assert_eq!(group_busy(Path::new("/proc"), &held), Some(vec![me]));
+        assert!(group_busy(Path::new("/proc"), &dir.path().join("nothing")).is_none());
     }
 }

@@ -24,7 +24,8 @@ fn ten_thousand_cycles_leak_nothing() {
     let dev = dir.path().join("dev");
     let fake = FakeSysfs::new(&sys);
     let pf = fake.add_pf("0000:3b:00.0", "ens1f0", 4, 8);
-    fake.make_vfio_nodes(&dev).unwrap();
+    // Null-device numbers: a free group opens, as on a real host.
+    fake.make_vfio_nodes_as(&dev, Some((1, 3))).unwrap();
     let text = format!(
         "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nvlan = 7\n",
         dir.path().join("state"),

@@ -363,3 +363,31 @@ fn rtnl_reports_the_kernels_extended_ack_text() {
         "{err}"
     );
 }
+
+/// A host netdev with a parent device (this machine's virtio NIC, or any
+/// PCI NIC): the kernel reports IFLA_NUM_VF for it, so reading VF 0 must
+/// say how many VFs it has, not "not an SR-IOV PF". Caught a wrong
+/// attribute number that hand-built replies could not. Skipped (with a
+/// note) on a host whose netdevs are all virtual.
+#[test]
+fn real_parent_device_reports_its_vf_count() {
+    let Some(name) = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| std::path::Path::new(&format!("/sys/class/net/{n}/device")).exists())
+    else {
+        eprintln!("skipped: no netdev with a parent device on this host");
+        return;
+    };
+    let numvfs = std::fs::read_to_string(format!("/sys/class/net/{name}/device/sriov_numvfs"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let nl = KernelNetlink::new().unwrap();
+    let ifn: IfName = name.parse().unwrap();
+    match nl.vf_settings(&ifn, numvfs) {
+        Err(NetlinkError::NoSuchVf { num_vfs, .. }) => assert_eq!(num_vfs, numvfs),
+        other => panic!("{name}: expected NoSuchVf, got {other:?}"),
+    }
+}

@@ -1,0 +1,163 @@
+#!/bin/bash
+# The engine on real VFs (igb PF, igbvf VFs, vfio-pci, real IOMMU groups):
+# status, a claim through `kata-sriov hook precreate` with VLAN 100, spoofchk
+# on, trust off and a generated MAC, release through `hook poststop`, IOMMU
+# safety, concurrent claims, and claim/release latency against a floor
+# program doing the same kernel operations. Every check reads what the
+# kernel reports (ip -d link, sysfs, /dev), not what kata-sriov prints.
+set -u
+# shellcheck source=../lib.sh
+. "$(dirname "$0")/../lib.sh"
+
+KS=$KS_BIN_DIR/kata-sriov
+PF=0000:00:02.0
+UNSAFE_PF=0000:01:00.0
+NVF=4
+W=/run/ks
+mkdir -p "$W"
+export KATA_SRIOV_CONFIG=$W/config.toml KATA_SRIOV_LOG=$W/log
+cat >"$KATA_SRIOV_CONFIG" <<EOF
+[hook]
+binary = "$KS"
+[[pools]]
+name = "vlan100"
+pfs = ["$PF"]
+vlan = 100
+spoofchk = true
+trust = false
+mac = "generate"
+num_vfs = $NVF
+[[pools]]
+name = "unsafe"
+pfs = ["$UNSAFE_PF"]
+mac = "keep"
+num_vfs = 2
+EOF
+
+check "kata-sriov binary is built" test -x "$KS" || finish
+pf_if=$(pci_netdev "$PF")
+ip link set "$pf_if" up
+
+step "create VFs"
+if "$KS" setup --help >/dev/null 2>&1; then
+  t=$(now_ms)
+  check "kata-sriov setup" "$KS" setup
+  timing setup "$t"
+else
+  set_numvfs "$PF" "$NVF"
+  set_numvfs "$UNSAFE_PF" 2
+fi
+check_eq "sriov_numvfs of $PF" "$NVF" "$(cat "$SYS_PCI/$PF/sriov_numvfs")"
+for i in $(seq 0 $((NVF - 1))); do
+  vf=$(vf_addr "$PF" "$i")
+  wait_for 15 test -d "$SYS_PCI/$vf/net" || fail "$vf has no netdev"
+done
+st=$("$KS" status)
+echo "$st"
+check_match "status lists VF 3 of $PF" "vf 3 +$(vf_addr "$PF" 3) +igbvf" "$st"
+
+vf_line() { ip -d link show "$pf_if" | grep -E "^ +vf $1 " | sed 's/ *$//'; }
+declare -A before
+for i in $(seq 0 $((NVF - 1))); do before[$i]=$(vf_line "$i"); done
+info "vf 0 before: ${before[0]}"
+
+spec_with() {
+  printf '{"ociVersion":"1.0.2","process":{"args":["sh"]},"root":{"path":"rootfs"},"annotations":{"io.kata-sriov.networks":"%s"},"linux":{"namespaces":[{"type":"pid"}]}}' "$1"
+}
+
+step "claim through hook precreate (VLAN 100, spoofchk on, trust off, generated MAC)"
+t=$(now_ms)
+out=$(spec_with vlan100 | "$KS" hook precreate) || fail "precreate failed"
+timing precreate_claim "$t"
+owner=$(jq -r '.annotations["io.kata-sriov.owner"]' <<<"$out")
+mac=$(jq -r '.annotations["io.kata-sriov.guest-networks"] | fromjson | .[0].mac' <<<"$out")
+dev=$(jq -r '.linux.devices[] | select(.path | test("^/dev/vfio/[0-9]+$"))' <<<"$out")
+group=$(jq -r .path <<<"$dev" | sed 's|/dev/vfio/||')
+vf=""
+for i in $(seq 0 $((NVF - 1))); do
+  a=$(vf_addr "$PF" "$i")
+  [ "$(pci_group "$a")" = "$group" ] && { vf=$a; idx=$i; }
+done
+check "the spec's /dev/vfio/$group is the group of a VF of $PF" test -n "$vf" || finish
+info "claimed VF $idx = $vf, group $group, MAC $mac, owner $owner"
+check_eq "$vf driver" vfio-pci "$(pci_driver "$vf")"
+line=$(vf_line "$idx")
+info "vf $idx now: $line"
+check_match "PF's vf $idx MAC is the guest annotation's" "link/ether $mac" "$line"
+check_match "vf $idx VLAN 100" 'vlan 100' "$line"
+check_match "vf $idx spoof checking on" 'spoof checking on' "$line"
+check_match "vf $idx trust off" 'trust off' "$line"
+check_eq "spec major:minor = the real node's" "$(cat "/sys/class/vfio/$group/dev")" \
+  "$(jq -r '"\(.major):\(.minor)"' <<<"$dev")"
+check "/dev/vfio/$group exists" test -c "/dev/vfio/$group"
+check_match "status shows the lease" "leased to $owner" "$("$KS" status)"
+
+step "release through hook poststop"
+t=$(now_ms)
+check "poststop" bash -c "printf '{\"id\":\"x\",\"annotations\":{\"io.kata-sriov.owner\":\"%s\"}}' '$owner' | '$KS' hook poststop"
+timing poststop_release "$t"
+wait_for 10 test "$(pci_driver "$vf")" = igbvf
+check_eq "$vf back on igbvf" igbvf "$(pci_driver "$vf")"
+check_eq "PF's vf $idx line equals the line before the claim" "${before[$idx]}" "$(vf_line "$idx")"
+
+step "IOMMU safety: a VF sharing its group with another endpoint is refused"
+uvf=$(vf_addr "$UNSAFE_PF" 0)
+info "$uvf group $(pci_group "$uvf"): $(pci_group_members "$uvf")"
+udrv=$(pci_driver "$uvf")
+err=$(spec_with unsafe | "$KS" hook precreate 2>&1 >/dev/null) && fail "claim of an unsafe VF succeeded"
+info "refusal: $err"
+check_match "refusal names the shared IOMMU group" "shares IOMMU group" "$err"
+check_eq "$uvf left on its driver" "$udrv" "$(pci_driver "$uvf")"
+check_eq "no lease" 0 "$(ls /run/kata-sriov/leases | wc -l)"
+
+step "concurrency: 8 claims at once against $NVF VFs"
+rm -f "$W"/c.*
+for i in $(seq 1 8); do
+  (spec_with vlan100 | "$KS" hook precreate >"$W/c.$i.out" 2>"$W/c.$i.err"; echo $? >"$W/c.$i.rc") &
+done
+wait
+okn=0 exh=0
+for i in $(seq 1 8); do
+  case $(cat "$W/c.$i.rc") in
+    0) okn=$((okn + 1)) ;;
+    *) grep -q exhausted "$W/c.$i.err" && exh=$((exh + 1)) || info "unexpected: $(cat "$W/c.$i.err")" ;;
+  esac
+done
+check_eq "claims that succeeded" "$NVF" "$okn"
+check_eq "clean 'exhausted' failures" $((8 - NVF)) "$exh"
+groups=$(cat "$W"/c.*.out | jq -r '.linux.devices[]?.path' | grep -E '/dev/vfio/[0-9]+$' | sort | uniq | wc -l)
+check_eq "distinct VFs handed out" "$NVF" "$groups"
+for i in $(seq 0 $((NVF - 1))); do
+  check_eq "VF $i on vfio-pci" vfio-pci "$(pci_driver "$(vf_addr "$PF" "$i")")"
+done
+for f in "$W"/c.*.out; do
+  [ -s "$f" ] || continue
+  o=$(jq -r '.annotations["io.kata-sriov.owner"]' <"$f")
+  printf '{"id":"x","annotations":{"io.kata-sriov.owner":"%s"}}' "$o" | "$KS" hook poststop || fail "poststop $o"
+done
+for i in $(seq 0 $((NVF - 1))); do
+  a=$(vf_addr "$PF" "$i")
+  wait_for 10 test "$(pci_driver "$a")" = igbvf
+  check_eq "VF $i back on igbvf" igbvf "$(pci_driver "$a")"
+  check_eq "VF $i settings as before" "${before[$i]}" "$(vf_line "$i")"
+done
+check_eq "no lease left" 0 "$(ls /run/kata-sriov/leases | wc -l)"
+
+if [ -x "$KS_BIN_DIR/lab-floor" ]; then
+  step "latency: kata-sriov claim+release vs the bare kernel operations"
+  N=${ENGINE_BENCH_N:-5}
+  t=$(now_ms)
+  for i in $(seq 1 "$N"); do
+    o=$(spec_with vlan100 | "$KS" hook precreate | jq -r '.annotations["io.kata-sriov.owner"]')
+    printf '{"id":"x","annotations":{"io.kata-sriov.owner":"%s"}}' "$o" | "$KS" hook poststop
+  done
+  ks_ms=$(( ($(now_ms) - t) / N ))
+  t=$(now_ms)
+  check "floor program" "$KS_BIN_DIR/lab-floor" "$pf_if" "$(vf_addr "$PF" 0)" 0 "$N"
+  floor_ms=$(( ($(now_ms) - t) / N ))
+  info "claim+release: kata-sriov ${ks_ms} ms, floor ${floor_ms} ms per cycle"
+  echo "bench engine_cycle_ms $ks_ms floor_cycle_ms $floor_ms ratio $(awk "BEGIN{printf \"%.2f\", $ks_ms/$floor_ms}")"
+  [ -z "${LAB_OUT_DIR:-}" ] || echo "engine_vs_floor $ks_ms $floor_ms" >>"$LAB_OUT_DIR/timings.txt"
+fi
+
+finish
