@@ -99,6 +99,8 @@ pub enum ClaimError {
     Vfio(#[from] VfioError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Netdev(#[from] crate::netdev::NetdevError),
 }
 
 /// What the spec and the guest need about one claimed VF.
@@ -655,6 +657,18 @@ impl<'a> Engine<'a> {
             lease.updated = ledger::now_secs();
             self.ledger.update(&lease)?;
             self.step(Step::MarkedReleasing);
+        }
+        // netdev mode: the VF's interface back home, under its own name,
+        // before anything else changes the VF.
+        if let (Mode::Netdev, Some(mv)) = (lease.mode, &lease.netdev_move) {
+            crate::netdev::return_to_host(
+                &self.sysfs,
+                &self.proc_root,
+                lease.vf,
+                lease.mac,
+                mv,
+                wait.max(crate::netdev::RETURN_WAIT_MIN),
+            )?;
         }
         let driver = self.sysfs.driver(lease.vf)?;
         if lease.mode == Mode::Vfio && driver.as_deref() == Some(VFIO_PCI) {

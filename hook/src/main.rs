@@ -73,6 +73,12 @@ enum Cmd {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Docker network driver (libnetwork remote driver) on a unix socket.
+    DockerPlugin {
+        /// The socket; its file name is the driver's name in Docker.
+        #[arg(long, default_value = kata_sriov::docker::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
                 )
             }
         }
+        Cmd::DockerPlugin { socket } => docker_plugin(&cfg, &socket),
         Cmd::Release { owner } => {
             let h = host(&cfg)?;
             let engine = Engine::new(&cfg, &h.nl, &h.binder)?;
@@ -251,25 +258,28 @@ fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
         return Ok(());
     };
     let config = flow::read_bundle_config(bundle)?;
-    let Some(reqs) = flow::requests_for(cfg, &config)? else {
+    if flow::requests_for(cfg, &config)?.is_none() {
         return Ok(());
-    };
-    let netdev: Vec<&str> = reqs
-        .iter()
-        .filter(|r| {
-            cfg.pool(r.pool.as_str())
-                .is_some_and(|p| p.mode == kata_sriov::config::Mode::Netdev)
-        })
-        .map(|r| r.pool.as_str())
-        .collect();
-    if !netdev.is_empty() {
-        bail!(
-            "netdev pools ({}) are not supported by this version yet; use mode = \"vfio\"",
-            netdev.join(", ")
-        );
     }
-    info!(logger, "create-runtime: nothing to do for vfio pools"; "id" => &state.id);
+    let h = host(cfg)?;
+    let engine = Engine::new(cfg, &h.nl, &h.binder)?;
+    let done = kata_sriov::netdev::create_runtime(&engine, &state, &config)?;
+    for a in &done {
+        info!(logger, "create-runtime moved";
+            "id" => &state.id, "vf" => a.vf.to_string(), "pool" => &a.pool,
+            "from" => a.host_name.to_string(), "to" => a.container_name.to_string());
+    }
     Ok(())
+}
+
+fn docker_plugin(cfg: &Config, socket: &std::path::Path) -> Result<()> {
+    let logger = log::from_env(None, "docker-plugin");
+    let h = host(cfg)?;
+    let engine = Engine::new(cfg, &h.nl, &h.binder)?;
+    let driver = kata_sriov::docker::Driver::new(&engine, logger.clone());
+    let listener = kata_sriov::docker::bind(socket)?;
+    info!(logger, "listening"; "socket" => socket.display().to_string());
+    kata_sriov::docker::serve(&listener, &driver).context("accepting connections")
 }
 
 fn poststop(cfg: &Config, logger: &Logger) -> Result<()> {

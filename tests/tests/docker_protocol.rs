@@ -1,0 +1,314 @@
+//! The Docker driver's protocol, spoken directly to `kata-sriov
+//! docker-plugin` on its socket (no dockerd): the calls libnetwork makes,
+//! in its order, with a plugin crash (SIGKILL) and restart in the middle;
+//! then hostile input: malformed HTTP and JSON, unknown methods, bad ids and
+//! options. Each bad request gets a JSON `Err` and the plugin keeps
+//! serving. Needs root and `ip` (veth ends stand in for VF netdevs).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod netdev_support;
+
+use serde_json::{json, Value};
+
+use netdev_support::{send_raw, Plugin, VethHost};
+
+const NID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const EID: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+fn plugin(host: &VethHost) -> Plugin {
+    Plugin::start(
+        &host.config,
+        &host.path().join("plugin.sock"),
+        &host.path().join("plugin.log"),
+    )
+}
+
+fn ok(p: &Plugin, method: &str, body: Value) -> Value {
+    let (status, v) = p.call(method, body);
+    assert_eq!(status, 200, "{method}: {v}");
+    assert!(v.get("Err").is_none(), "{method}: {v}");
+    v
+}
+
+fn err(p: &Plugin, method: &str, body: Value, needle: &str) -> u16 {
+    let (status, v) = p.call(method, body);
+    let e = v["Err"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method}: no Err in {v}"));
+    assert!(e.contains(needle), "{method}: {e:?} lacks {needle:?}");
+    status
+}
+
+#[test]
+fn lifecycle_survives_a_plugin_crash() {
+    let host = VethHost::new(
+        "kp",
+        1,
+        "[[pools]]\nname = \"vf\"\npfs = [\"0000:3b:00.0\"]\n",
+    );
+    let mut p = plugin(&host);
+    let vf = host.vf_netdev(0);
+    let mac = host.mac(&vf);
+    assert_eq!(
+        ok(&p, "Plugin.Activate", json!({})),
+        json!({ "Implements": ["NetworkDriver"] })
+    );
+    assert_eq!(
+        ok(&p, "NetworkDriver.GetCapabilities", json!({}))["Scope"],
+        "local"
+    );
+    ok(
+        &p,
+        "NetworkDriver.CreateNetwork",
+        json!({
+            "NetworkID": NID,
+            "Options": { "com.docker.network.generic": { "pool": "nd" }, "com.docker.network.enable_ipv6": false },
+            "IPv4Data": [{ "AddressSpace": "LocalDefault", "Pool": "10.81.0.0/24", "Gateway": "10.81.0.1/24" }],
+            "IPv6Data": []
+        }),
+    );
+    let ep = ok(
+        &p,
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID, "Interface": { "Address": "10.81.0.5/24", "AddressIPv6": "", "MacAddress": "" }, "Options": {} }),
+    );
+    assert_eq!(ep, json!({ "Interface": { "MacAddress": mac } }));
+    assert_eq!(host.leases(), 1);
+
+    // Crash and restart: the network map and the lease are on disk.
+    p.kill();
+    p.restart();
+    let j = ok(
+        &p,
+        "NetworkDriver.Join",
+        json!({ "NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/x", "Options": {} }),
+    );
+    assert_eq!(
+        j,
+        json!({ "InterfaceName": { "SrcName": vf, "DstPrefix": "eth" }, "Gateway": "10.81.0.1" })
+    );
+    let info = ok(
+        &p,
+        "NetworkDriver.EndpointOperInfo",
+        json!({ "NetworkID": NID, "EndpointID": EID }),
+    );
+    assert_eq!(info["Value"]["pool"], "nd");
+    assert_eq!(info["Value"]["netdev"], vf.as_str());
+    for m in [
+        "NetworkDriver.ProgramExternalConnectivity",
+        "NetworkDriver.RevokeExternalConnectivity",
+        "NetworkDriver.Leave",
+    ] {
+        ok(&p, m, json!({ "NetworkID": NID, "EndpointID": EID }));
+    }
+    // A second endpoint finds the pool exhausted (one VF).
+    let e2 = EID.replace('f', "0");
+    err(
+        &p,
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": e2, "Interface": {} }),
+        "exhausted",
+    );
+    p.kill();
+    p.restart();
+    ok(
+        &p,
+        "NetworkDriver.DeleteEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID }),
+    );
+    assert_eq!(host.leases(), 0);
+    assert!(host.host_has(&vf));
+    // Idempotent.
+    ok(
+        &p,
+        "NetworkDriver.DeleteEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID }),
+    );
+    ok(
+        &p,
+        "NetworkDriver.DeleteNetwork",
+        json!({ "NetworkID": NID }),
+    );
+    err(
+        &p,
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID, "Interface": {} }),
+        "not created through this driver",
+    );
+    // A MAC Docker chose is not answered with another one.
+    ok(
+        &p,
+        "NetworkDriver.CreateNetwork",
+        json!({ "NetworkID": NID, "Options": { "com.docker.network.generic": { "pf": format!("{}p", host.tag) } } }),
+    );
+    let ep = ok(
+        &p,
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID, "Interface": { "MacAddress": "02:42:0a:51:00:05" } }),
+    );
+    assert_eq!(ep, json!({}));
+    ok(
+        &p,
+        "NetworkDriver.DeleteEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID }),
+    );
+    assert_eq!(host.leases(), 0);
+    assert!(p.alive());
+}
+
+#[test]
+fn bad_requests_get_a_json_err_and_the_plugin_keeps_serving() {
+    let host = VethHost::new(
+        "kb",
+        1,
+        "[[pools]]\nname = \"vf\"\npfs = [\"0000:3b:00.0\"]\n",
+    );
+    let mut p = plugin(&host);
+    let create = |opts: Value| json!({ "NetworkID": NID, "Options": { "com.docker.network.generic": opts } });
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({})),
+            "no pool chosen",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({ "pool": "nope" })),
+            "no pool named \"nope\"",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({ "pool": "vf" })),
+            "mode = \"vfio\"",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({ "pool": "nd", "pf": "x" })),
+            "not both",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({ "pf": format!("{}p", host.tag), "vlan": "100" })),
+            "no netdev pool has PF",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({ "pf": "eth0", "vlan": "5000" })),
+            "0 to 4094",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({ "bogus": "1" })),
+            "unknown option",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            create(json!({ "pool": 5 })),
+            "not a string",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            json!({ "NetworkID": "../../etc" }),
+            "NetworkID",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            json!({ "NetworkID": 7 }),
+            "NetworkID",
+        ),
+        (
+            "NetworkDriver.CreateNetwork",
+            json!({ "NetworkID": NID, "IPv4Data": [{ "Gateway": "nope" }], "Options": { "com.docker.network.generic": { "pool": "nd" } } }),
+            "not an IP",
+        ),
+        (
+            "NetworkDriver.CreateEndpoint",
+            json!({ "NetworkID": NID }),
+            "EndpointID",
+        ),
+        (
+            "NetworkDriver.CreateEndpoint",
+            json!({ "NetworkID": NID, "EndpointID": EID }),
+            "not created through this driver",
+        ),
+        (
+            "NetworkDriver.Join",
+            json!({ "NetworkID": NID, "EndpointID": EID }),
+            "not created through this driver",
+        ),
+        ("NetworkDriver.Nope", json!({}), "not implemented"),
+        ("Plugin.Activate/../../x", json!({}), "not implemented"),
+    ];
+    for (m, body, needle) in cases {
+        err(&p, m, body, needle);
+    }
+    assert_eq!(
+        err(&p, "NetworkDriver.Unknown", json!({}), "not implemented"),
+        404
+    );
+    ok(
+        &p,
+        "NetworkDriver.CreateNetwork",
+        create(json!({ "pool": "nd" })),
+    );
+    err(
+        &p,
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID, "Interface": { "MacAddress": "ff:ff:ff:ff:ff:ff" } }),
+        "MacAddress",
+    );
+    assert_eq!(host.leases(), 0);
+
+    // Raw garbage on the wire.
+    let raws: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"\x00\x01\x02\xff\r\n\r\n".to_vec(),
+        b"GET /Plugin.Activate HTTP/1.1\r\n\r\n".to_vec(),
+        b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n".to_vec(),
+        b"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nContent-Length: 5\r\n\r\n{\"Net".to_vec(),
+        b"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]".to_vec(),
+        b"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nContent-Length: 4\r\n\r\nnull".to_vec(),
+        [b"POST /x HTTP/1.1\r\nX: ".to_vec(), vec![b'a'; 100_000]].concat(),
+    ];
+    for raw in raws {
+        let (status, body) = send_raw(&p.socket, &raw).unwrap();
+        assert!(status >= 400, "{status} {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["Err"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    }
+    // Clients that connect and say nothing hold up no one; past the
+    // connection limit the plugin answers 503 with a JSON Err; once they
+    // hang up, it serves again.
+    let silent: Vec<_> = (0..40)
+        .map(|_| std::os::unix::net::UnixStream::connect(&p.socket).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (status, v) = p.call("Plugin.Activate", json!({}));
+    assert_eq!(status, 503, "{v}");
+    assert!(v["Err"].as_str().unwrap().contains("too many"), "{v}");
+    drop(silent);
+    let start = std::time::Instant::now();
+    loop {
+        let (status, _) = p.call("Plugin.Activate", json!({}));
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "still {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let one_silent = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
+    let t = std::time::Instant::now();
+    ok(&p, "Plugin.Activate", json!({}));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(one_silent);
+    assert!(p.alive());
+    p.kill();
+}

@@ -1,0 +1,166 @@
+//! netdev mode under containerd (Debian's 1.6, started by the test with its
+//! own root, state and socket) and its runc shim: `ctr run --rm --config`
+//! with a spec that carries the createRuntime and poststop hooks, the
+//! request annotation and a network namespace created beforehand (joined by
+//! path, so that the veth standing in for the VF outlives the container).
+//! Needs root, containerd, ctr, runc and `ip`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod netdev_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use kata_sriov_tests::workspace_bin;
+use netdev_support::{busybox_rootfs, quiet_ok, run, VethHost};
+
+struct Containerd {
+    child: Option<Child>,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let sock = dir.join("c.sock");
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n",
+                dir.join("root"),
+                dir.join("state"),
+                sock,
+                dir.join("c.sock.ttrpc"),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        let c = Containerd {
+            child: Some(child),
+            sock,
+        };
+        let start = Instant::now();
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not come up: {}",
+                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Netns(String);
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {
+    let bin = workspace_bin("kata-sriov");
+    let host = VethHost::new("kc", 1, "");
+    let vf_name = host.vf_netdev(0);
+    let mac = host.mac(&vf_name);
+    let ns = Netns(format!("{}ns", host.tag));
+    run("ip", &["netns", "add", &ns.0]);
+    let rootfs = host.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let log = host.path().join("hook.log");
+
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/runc-config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(["/bin/sh", "-c", "ip addr show; ip route show"]);
+    spec["root"] = json!({ "path": rootfs, "readonly": false });
+    for n in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "network" {
+            n["path"] = json!(format!("/run/netns/{}", ns.0));
+        }
+    }
+    // No cgroup device rules: ctr's default spec handling stays out of it.
+    spec["linux"]["resources"] = json!({});
+    spec["linux"]["devices"] = json!([]);
+    let env = json!([
+        format!("KATA_SRIOV_CONFIG={}", host.config.display()),
+        format!("KATA_SRIOV_LOG={}", log.display()),
+    ]);
+    spec["hooks"] = json!({
+        "createRuntime": [{ "path": bin, "args": ["kata-sriov", "hook", "create-runtime"], "env": env, "timeout": 30 }],
+        "poststop": [{ "path": bin, "args": ["kata-sriov", "hook", "poststop"], "env": env, "timeout": 30 }],
+    });
+    spec["annotations"] = json!({
+        "io.kata-sriov.networks": r#"[{"pool":"nd","name":"sriov0","ips":["10.83.1.5/24"]}]"#
+    });
+    let spec_file = host.path().join("spec.json");
+    std::fs::write(&spec_file, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+
+    let c = Containerd::start(&host.path().join("containerd"));
+    let id = format!("{}c", host.tag);
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.runc.v2",
+        "--config",
+        spec_file.to_str().unwrap(),
+        &id,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let hook_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "ctr run: {out}{}\nhook log: {hook_log}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let block: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains(": sriov0"))
+        .take(4)
+        .collect();
+    let block = block.join("\n");
+    assert!(block.contains("inet 10.83.1.5/24"), "{out}");
+    assert!(block.contains(&format!("link/ether {mac}")), "{out}");
+    // ctr run --rm deleted the task and the container: poststop ran.
+    assert!(host.host_has(&vf_name), "hook log: {hook_log}");
+    assert!(!quiet_ok(
+        "ip",
+        &["-n", &ns.0, "link", "show", "dev", "sriov0"]
+    ));
+    assert_eq!(host.leases(), 0, "hook log: {hook_log}");
+}
