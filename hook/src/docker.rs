@@ -586,16 +586,17 @@ impl<'a> Driver<'a> {
                     "{vf}: has no network interface on the host (is its driver loaded?)"
                 ))
             })?;
+        let link = IfConf::open()
+            .ok()
+            .and_then(|c| c.link_by_name(name.as_str()).ok().flatten());
         if l.mac.is_none() {
-            l.mac = IfConf::open()
-                .ok()
-                .and_then(|c| c.link_by_name(name.as_str()).ok().flatten())
-                .and_then(|k| k.mac);
+            l.mac = link.as_ref().and_then(|k| k.mac);
         }
         l.netdev_move = Some(NetdevMove {
             host_name: name.clone(),
             container_name: name.clone(),
             netns_pid: None,
+            original_mtu: link.map(|k| k.mtu),
         });
         l.updated = ledger::now_secs();
         self.engine.ledger.update(&l)?;

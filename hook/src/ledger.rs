@@ -89,6 +89,9 @@ pub struct NetdevMove {
     pub host_name: IfName,
     pub container_name: IfName,
     pub netns_pid: Option<u32>,
+    /// The netdev's MTU on the host, put back on release.
+    #[serde(default)]
+    pub original_mtu: Option<u32>,
 }
 
 /// One leased VF.

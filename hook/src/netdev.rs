@@ -284,11 +284,16 @@ fn attach(
         .ok_or(NetdevError::LeaseGone { vf })?;
     let mv = match &lease.netdev_move {
         Some(mv) => mv.clone(),
-        None => NetdevMove {
-            host_name: c.netdev.clone().ok_or(NetdevError::NoNetdev { vf })?,
-            container_name: name,
-            netns_pid: Some(pid),
-        },
+        None => {
+            let host_name = c.netdev.clone().ok_or(NetdevError::NoNetdev { vf })?;
+            let original_mtu = host.link_by_name(host_name.as_str())?.map(|l| l.mtu);
+            NetdevMove {
+                host_name,
+                container_name: name,
+                netns_pid: Some(pid),
+                original_mtu,
+            }
+        }
     };
     let on_host = host.link_by_name(mv.host_name.as_str())?;
     let mac = lease.mac.or_else(|| on_host.as_ref().and_then(|l| l.mac));
@@ -417,6 +422,9 @@ fn try_return(
                     host.set_up(l.index, false)?;
                 }
                 host.set_name(l.index, &mv.host_name)?;
+            }
+            if let Some(mtu) = mv.original_mtu.filter(|m| *m != l.mtu) {
+                host.set_mtu(l.index, mtu)?;
             }
             return Ok(true);
         }

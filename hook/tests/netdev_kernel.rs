@@ -261,6 +261,9 @@ fn moves_renames_configures_and_returns_from_a_named_namespace() {
     assert_eq!(released.len(), 2);
     assert!(w.host_has(&w.vf_netdev(0)) && w.host_has(&w.vf_netdev(1)));
     assert!(!w.ns_has("net1") && !w.ns_has("data0"));
+    // The MTU the container got is put back.
+    let back = addr_json(&ip(&["-j", "link", "show", "dev", &w.vf_netdev(1)]));
+    assert_eq!(back[0]["mtu"], 1500, "{back}");
     assert_eq!(w.leases(), 0);
     // Releasing again is a no-op.
     assert!(engine.release("c1").unwrap().is_empty());
