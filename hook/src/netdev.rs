@@ -404,6 +404,19 @@ pub fn return_to_host(
     }
 }
 
+/// Puts back the MTU the netdev had on the host before the claim.
+fn restore_mtu(host: &IfConf, mv: &NetdevMove) -> Result<(), NetdevError> {
+    let Some(mtu) = mv.original_mtu else {
+        return Ok(());
+    };
+    if let Some(l) = host.link_by_name(mv.host_name.as_str())? {
+        if l.mtu != mtu {
+            host.set_mtu(l.index, mtu)?;
+        }
+    }
+    Ok(())
+}
+
 /// One search; true when the interface is back under its host name.
 fn try_return(
     sysfs: &SysfsRoot,
@@ -423,9 +436,7 @@ fn try_return(
                 }
                 host.set_name(l.index, &mv.host_name)?;
             }
-            if let Some(mtu) = mv.original_mtu.filter(|m| *m != l.mtu) {
-                host.set_mtu(l.index, mtu)?;
-            }
+            restore_mtu(host, mv)?;
             return Ok(true);
         }
     }
@@ -462,6 +473,7 @@ fn try_return(
         for name in [&mv.container_name, &mv.host_name] {
             if let Some(l) = find_named(&inner, name, Some(mac))? {
                 inner.move_to_netns(l.index, own.as_fd(), Some(&mv.host_name))?;
+                restore_mtu(host, mv)?;
                 return Ok(true);
             }
         }
