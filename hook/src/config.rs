@@ -528,3 +528,25 @@ mac = "keep"
         assert_eq!(c.source.as_deref(), Some(p.as_path()));
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// configs/kata-sriov.toml, the documented example, loads and means
+    /// what its comments say.
+    #[test]
+    fn shipped_example_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/kata-sriov.toml");
+        let c = Config::load(Some(&p)).unwrap();
+        let defaults = Config::default();
+        assert_eq!(c.state_dir, defaults.state_dir);
+        assert_eq!(c.shim, defaults.shim);
+        assert_eq!(c.hook, defaults.hook);
+        assert_eq!(c.dan, defaults.dan);
+        let fast = c.pool("fast").unwrap();
+        assert_eq!(fast.num_vfs, Some(8));
+        assert_eq!(fast.vf_settings().len(), 3);
+        assert_eq!(c.guest_mode(fast), GuestMode::Helper);
+    }
+}
