@@ -324,3 +324,18 @@ fn gc_from_the_cli() {
     let st = status(&host);
     assert_eq!(st["quarantined"][0]["vf"], host.vf(1).to_string());
 }
+
+#[test]
+fn precreate_refuses_dan_pools() {
+    let host = FakeHost::new(
+        1,
+        "vfio-pci",
+        "[[pools]]\nname = \"d\"\npfs = [\"ens1f0\"]\nguest = \"dan\"\n",
+    );
+    let o = ks(
+        &host,
+        &["hook", "precreate"],
+        &serde_json::to_vec(&with_request("d")).unwrap(),
+    );
+    assert_rejected(&host, &o, "containerd-shim-kata-sriov-v2");
+}
