@@ -4,6 +4,9 @@
 //! `ctr`, `runc`, `containerd-shim-runc-v2`, busybox-static, and the
 //! `kata-sriov` binary built beside the shim.
 
+// Test helpers: a failed setup step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;
@@ -17,7 +20,7 @@ const T: Duration = Duration::from_secs(30);
 const SHOW_AND_WAIT: &str = "ls -l /dev/vfio/; echo READY; read x; echo BYE";
 
 /// The `major, minor` of `/dev/vfio/<group>` in `ls -l` output lines.
-fn node_line<'a>(lines: &'a [String], group: u32) -> Option<&'a String> {
+fn node_line(lines: &[String], group: u32) -> Option<&String> {
     lines.iter().find(|l| {
         l.starts_with('c')
             && l.contains(&format!("240, {group:>3}"))

@@ -4,6 +4,9 @@
 //! what we print, what the bundle and the ledger hold afterwards. Needs root
 //! (mknod) and the `kata-sriov` binary built beside the shim.
 
+// Test helpers: a failed setup step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;

@@ -6,6 +6,8 @@
 //! that directory), so tests run in parallel and clean up on failure.
 
 #![allow(dead_code)]
+// Test support: a failed setup step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
