@@ -10,13 +10,16 @@
 //! containerd's binary (`-publish-binary`). Reads `$PATH` and
 //! `/proc/self/exe`.
 
+use std::ffi::CString;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::unistd::execv;
 
 /// This shim's own binary name.
 pub const OWN_NAME: &str = "containerd-shim-kata-sriov-v2";
@@ -121,17 +124,34 @@ pub fn resolve(
     Ok(found)
 }
 
-/// Replaces this process with `path`, `args` after argv[0] (which is the
-/// path, as containerd passes it). Environment, working directory, open
-/// descriptors without close-on-exec (stdin, stdout, stderr) are kept;
-/// signal dispositions and mask are reset by the standard library. Returns
-/// only on failure.
+/// Replaces this process with `path` (`execv(2)`: no `$PATH` search and no
+/// `/bin/sh` retry of a file the kernel cannot run, as containerd's own exec),
+/// `args` after argv[0], which is the path, as containerd passes it.
+/// Environment, working directory and the descriptors without close-on-exec
+/// (stdin, stdout, stderr) are kept; SIGPIPE, which the Rust runtime
+/// ignores, is reset to its default first. Returns only on failure.
 pub fn exec(path: &Path, args: &[OsString]) -> DelegateError {
-    let source = Command::new(path).arg0(path).args(args).exec();
-    DelegateError::Exec {
+    let fail = |source: io::Error| DelegateError::Exec {
         path: path.to_owned(),
         source,
+    };
+    let argv: Result<Vec<CString>, _> = std::iter::once(path.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|a| CString::new(a.as_bytes()))
+        .collect();
+    let argv = match argv {
+        Ok(v) => v,
+        Err(e) => return fail(io::Error::new(io::ErrorKind::InvalidInput, e)),
+    };
+    // SAFETY: installs the default disposition (no handler code runs in
+    // this process); done right before execv, which resets handlers anyway.
+    let old = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let Err(e) = execv(&argv[0], &argv);
+    if let Ok(h) = old {
+        // SAFETY: puts back the disposition read above (SIG_IGN or SIG_DFL).
+        let _ = unsafe { signal(Signal::SIGPIPE, h) };
     }
+    fail(io::Error::from(e))
 }
 
 #[cfg(test)]

@@ -151,6 +151,7 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
     let engine = Engine::new(&cfg, &nl, &binder)?;
     let log = open_log(&cfg);
+    let original = spec.clone();
     let claimed = flow::claim_into_spec(
         &engine,
         &mut spec,
@@ -172,6 +173,9 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     info!(log, "start: claimed"; "owner" => &owner, "vfs" => vfs.join(", "), "delegate" => %path.display());
     let e = delegate::exec(&path, rest);
     error!(log, "start: {e}"; "owner" => &owner);
+    if let Err(w) = flow::write_bundle_config(&bundle, &original) {
+        error!(log, "start: restoring config.json: {w}"; "owner" => &owner);
+    }
     release_after_failure(&engine, &owner, &log);
     Err(e.into())
 }

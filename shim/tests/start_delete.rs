@@ -30,6 +30,7 @@ printf '%s\n' "$0" "$@" > "$KSS_OUT/argv"
 pwd -P > "$KSS_OUT/cwd"
 cat > "$KSS_OUT/stdin"
 printf '%s' "$KSS_MARK" > "$KSS_OUT/env"
+grep '^SigIgn:' /proc/$$/status > "$KSS_OUT/sigign"
 printf 'unix:///run/fake.sock'
 "#;
 
@@ -154,6 +155,10 @@ fn start_claims_rewrites_and_hands_over_everything_untouched() {
     );
     assert_eq!(fs::read(s.out.join("stdin")).unwrap(), STDIN);
     assert_eq!(read(&s.out.join("env")), "passed-through");
+    // SIGPIPE is not left ignored (the Rust runtime ignores it for itself).
+    let ign = read(&s.out.join("sigign"));
+    let mask = u64::from_str_radix(ign.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "{ign}");
 
     assert_eq!(s.host.owners(), vec!["k8s.io/sb1".to_owned()]);
     let spec: serde_json::Value =
@@ -320,4 +325,26 @@ fn invoked_name_overrides_the_configured_delegate() {
         "{}\n",
         d.join("containerd-shim-fake-v2").display()
     )));
+}
+
+#[test]
+fn delegate_that_cannot_be_executed_fails_start_and_undoes_the_claim() {
+    let s = setup(1, serde_json::json!({ REQUEST: POOL }), true);
+    // Executable bits, but no format the kernel can run: exec fails after
+    // the claim and the rewrite.
+    fs::write(s.dir.path().join("fake-shim"), b"\x7fELF not really").unwrap();
+    let before: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    let o = shim(&s, Path::new(SHIM), &start_args("e1"));
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("kata-sriov: delegate shim ") && err.contains("exec failed"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+    assert!(s.host.leases().is_empty());
+    let after: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(after, before);
 }
