@@ -241,3 +241,55 @@ fn the_runtime_name_chooses_the_delegate() {
     assert!(so.contains("hi") && so.contains("vfio"), "{so}");
     assert!(lab.host.leases().is_empty());
 }
+
+#[test]
+fn failed_create_is_released_by_our_delete_even_without_the_poststop_hook() {
+    let lab = Lab::new(1, "containerd-shim-runc-v2");
+    // As under Kata's runtime-rs: no host hook in the spec.
+    lab.host.set_poststop(false);
+    let rootfs = lab.rootfs.display().to_string();
+    let req = format!("{REQUEST}={POOL}");
+    let out = output_within(
+        &mut lab.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &req,
+            "--rootfs",
+            &rootfs,
+            "f1",
+            "/bin/no-such-program",
+        ]),
+        T,
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-program"));
+    // containerd 1.6 runs the shim binary's delete after a failed Create.
+    assert!(lab.host.leases().is_empty(), "{}", lab.host.log());
+    let log = lab.host.log();
+    assert!(log.contains("delete: released, vfs: 1"), "{log}");
+    assert!(!log.contains("poststop released"), "{log}");
+    // The VF is free for the next container.
+    let ok = lab.run(RUNTIME, "f2", Some(POOL), "ls /dev/vfio");
+    assert!(ok.status.success(), "{ok:?}");
+}
+
+#[test]
+fn without_the_poststop_hook_our_delete_releases_at_the_end_of_every_task() {
+    let lab = Lab::new(1, "containerd-shim-runc-v2");
+    lab.host.set_poststop(false);
+    let out = lab.run(RUNTIME, "g1", Some(POOL), "ls /dev/vfio");
+    assert!(out.status.success(), "{out:?}");
+    // containerd 1.6 runs the shim binary's delete whenever a shim goes
+    // away ("cleaning up after shim disconnected"), a normal exit included.
+    assert!(
+        eventually(T, || lab.host.leases().is_empty()),
+        "{}",
+        lab.host.log()
+    );
+    let log = lab.host.log();
+    assert!(log.contains("delete: released, vfs: 1"), "{log}");
+    assert!(!log.contains("poststop released"), "{log}");
+}

@@ -163,6 +163,13 @@ mac = "keep"
         }
     }
 
+    /// Turns the poststop hook injection on or off (`[hook] poststop`).
+    pub fn set_poststop(&self, on: bool) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        let text = text.replace("[hook]\n", &format!("[hook]\npoststop = {on}\n"));
+        fs::write(&self.config, text).unwrap();
+    }
+
     /// `kata-sriov status --json`'s leases.
     pub fn leases(&self) -> Vec<serde_json::Value> {
         let out = output_within(
