@@ -227,11 +227,10 @@ impl Lab {
     pub fn new(vfs: u32, delegate: &str) -> Lab {
         // On tmpfs where there is one, as /run/containerd and /run/kata-sriov
         // are on a real host: fsync costs what it costs there.
-        let base = if Path::new("/dev/shm").is_dir() {
-            "/dev/shm"
-        } else {
-            "/tmp"
-        };
+        // (The container's busybox runs from there: it must allow exec.)
+        let tmpfs_ok = nix::sys::statvfs::statvfs("/dev/shm")
+            .is_ok_and(|v| !v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC));
+        let base = if tmpfs_ok { "/dev/shm" } else { "/tmp" };
         let dir = tempfile::Builder::new()
             .prefix("kss")
             .tempdir_in(base)
