@@ -1,1 +1,294 @@
-fn main() {}
+//! `containerd-shim-kata-sriov-v2`: a containerd runtime v2 shim that claims
+//! the container's SR-IOV VFs in `start`, writes them into the bundle's
+//! `config.json`, and then `exec`s the delegate shim (Kata's by default)
+//! with the same arguments, environment and stdin, so that containerd talks
+//! to the delegate directly. `delete` (containerd's cleanup of a dead shim)
+//! releases the owner's VFs, then `exec`s the delegate's `delete`. Every
+//! other call is handed over unchanged.
+//!
+//! Nothing of ours goes to stdout or stderr in `start` (containerd reads
+//! both as the shim's address) except one line when `start` fails; logs go
+//! to `$KATA_SRIOV_LOG`, else `<state_dir>/kata-sriov.log`. Files read:
+//! the config (`$KATA_SRIOV_CONFIG`, else `/etc/kata-sriov/config.toml`),
+//! `<bundle>/config.json`; written: `<bundle>/config.json`, the ledger.
+
+mod args;
+mod delegate;
+mod response;
+
+use std::convert::Infallible;
+use std::ffi::{OsStr, OsString};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use slog::{error, info, warn, Logger};
+
+use kata_sriov::claim::Engine;
+use kata_sriov::config::Config;
+use kata_sriov::flow;
+use kata_sriov::ledger::OwnerCheck;
+use kata_sriov::log;
+use kata_sriov::netlink::KernelNetlink;
+use kata_sriov::sysfs::SysfsRoot;
+use kata_sriov::vfio::SysfsBinder;
+
+use args::ShimArgs;
+
+/// The CRI annotation telling a pod's sandbox from its other containers.
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// containerd kills `delete` after 5 s (`io.containerd.timeout.shim.cleanup`);
+/// the release gets this much of it, the delegate's delete the rest.
+const DELETE_RELEASE_DEADLINE: Duration = Duration::from_secs(3);
+/// How long `delete`'s release waits for the hypervisor to close the VF
+/// before leaving the lease to `kata-sriov gc`.
+const DELETE_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let (argv0, rest) = match argv.split_first() {
+        Some((a, r)) => (a.clone(), r.to_vec()),
+        None => (OsString::from(delegate::OWN_NAME), Vec::new()),
+    };
+    let a = ShimArgs::parse(&rest);
+    match a.action.as_deref() {
+        Some("start") => match start(&argv0, &rest, &a) {
+            Ok(never) => match never {},
+            Err(e) => {
+                // The one line containerd shows the user.
+                let msg = format!("{e:#}").replace('\n', " ");
+                let _ = writeln!(std::io::stderr(), "kata-sriov: {msg}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("delete") => delete(&argv0, &rest, &a),
+        _ => {
+            let cfg = Config::load(None).unwrap_or_default();
+            let e = match find_delegate(&argv0, &cfg, &a) {
+                Ok(path) => delegate::exec(&path, &rest),
+                Err(e) => e,
+            };
+            let _ = writeln!(std::io::stderr(), "kata-sriov: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The log: `$KATA_SRIOV_LOG`, else `<state_dir>/kata-sriov.log`; nowhere
+/// when it cannot be opened (never stderr, which `start` must keep clean).
+fn open_log(cfg: &Config) -> Logger {
+    let path = match std::env::var_os(log::ENV_LOG) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => cfg.state_dir.join("kata-sriov.log"),
+    };
+    let writable = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .is_ok();
+    if writable {
+        log::file(&path, "shim")
+    } else {
+        log::discard()
+    }
+}
+
+fn find_delegate(
+    argv0: &OsStr,
+    cfg: &Config,
+    a: &ShimArgs,
+) -> Result<PathBuf, delegate::DelegateError> {
+    let (name, _) = delegate::choose(argv0, &cfg.shim.delegate);
+    let own = std::env::current_exe().ok();
+    delegate::resolve(
+        &name,
+        std::env::var_os("PATH").as_deref(),
+        a.publish_binary.as_deref(),
+        own.as_deref(),
+    )
+}
+
+fn bundle_dir(a: &ShimArgs) -> Result<PathBuf> {
+    match &a.bundle {
+        Some(b) => Ok(b.clone()),
+        None => std::env::current_dir().context("reading the working directory (the bundle)"),
+    }
+}
+
+fn cri_type(spec: &serde_json::Value) -> Option<&str> {
+    spec.get("annotations")?.get(CRI_CONTAINER_TYPE)?.as_str()
+}
+
+/// `start`: claim, rewrite `config.json`, hand over. Returns only on failure,
+/// with nothing left claimed.
+fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
+    let cfg = Config::load(None)?;
+    let path = find_delegate(argv0, &cfg, a)?;
+    let bundle = bundle_dir(a)?;
+    let id = a.id.as_deref().unwrap_or("");
+    let mut spec = flow::read_bundle_config(&bundle)?;
+    if cri_type(&spec).is_some_and(|t| t != "sandbox") {
+        let log = open_log(&cfg);
+        info!(log, "start: CRI container of a pod, the sandbox holds the VFs"; "id" => id, "delegate" => %path.display());
+        return Err(delegate::exec(&path, rest).into());
+    }
+    if flow::requests_for(&cfg, &spec)?.is_none() {
+        let log = open_log(&cfg);
+        info!(log, "start: no request"; "id" => id, "delegate" => %path.display());
+        return Err(delegate::exec(&path, rest).into());
+    }
+    let owner = a
+        .owner()
+        .ok_or_else(|| anyhow!("start: -namespace and -id are needed to claim a VF"))?;
+    let nl = KernelNetlink::new().context("opening netlink")?;
+    let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+    let engine = Engine::new(&cfg, &nl, &binder)?;
+    let log = open_log(&cfg);
+    let original = spec.clone();
+    let claimed = flow::claim_into_spec(
+        &engine,
+        &mut spec,
+        &owner,
+        OwnerCheck::Bundle(bundle.clone()),
+    )
+    .with_context(|| format!("claiming a VF for {owner}"))?;
+    if claimed.is_some() {
+        if let Err(e) = flow::write_bundle_config(&bundle, &spec) {
+            release_after_failure(&engine, &owner, &log);
+            return Err(e.into());
+        }
+    }
+    let vfs: Vec<String> = claimed
+        .iter()
+        .flatten()
+        .map(|c| format!("{} ({})", c.vf, c.pool))
+        .collect();
+    info!(log, "start: claimed"; "owner" => &owner, "vfs" => vfs.join(", "), "delegate" => %path.display());
+    let e = delegate::exec(&path, rest);
+    error!(log, "start: {e}"; "owner" => &owner);
+    if let Err(w) = flow::write_bundle_config(&bundle, &original) {
+        error!(log, "start: restoring config.json: {w}"; "owner" => &owner);
+    }
+    release_after_failure(&engine, &owner, &log);
+    Err(e.into())
+}
+
+fn release_after_failure(engine: &Engine<'_>, owner: &str, log: &Logger) {
+    if let Err(e) = engine.release(owner) {
+        error!(log, "releasing after a failed start: {e}"; "owner" => owner);
+    }
+}
+
+/// Releases `owner`'s VFs, giving up after [`DELETE_RELEASE_DEADLINE`]
+/// (the lease then stays for the poststop hook or `kata-sriov gc`).
+fn release_bounded(cfg: &Config, owner: &str, log: &Logger) {
+    if !cfg.state_dir.is_dir() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel();
+    let (cfg2, owner2) = (cfg.clone(), owner.to_owned());
+    let spawned = std::thread::Builder::new()
+        .name("release".into())
+        .spawn(move || {
+            let r = (|| -> Result<usize> {
+                let nl = KernelNetlink::new().context("opening netlink")?;
+                let binder = SysfsBinder::new(SysfsRoot::new(&cfg2.sysfs_root));
+                let mut engine = Engine::new(&cfg2, &nl, &binder)?;
+                engine.release_wait = engine.release_wait.min(DELETE_RELEASE_WAIT);
+                Ok(engine.release(&owner2)?.len())
+            })();
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        warn!(log, "delete: cannot start the release: {e}"; "owner" => owner);
+        return;
+    }
+    match rx.recv_timeout(DELETE_RELEASE_DEADLINE) {
+        Ok(Ok(n)) => info!(log, "delete: released"; "owner" => owner, "vfs" => n),
+        Ok(Err(e)) => {
+            warn!(log, "delete: release failed, leaving it to gc: {e:#}"; "owner" => owner);
+            let _ = writeln!(
+                std::io::stderr(),
+                "kata-sriov: releasing VFs of {owner}: {e:#}"
+            );
+        }
+        Err(_) => {
+            warn!(log, "delete: release still running after {DELETE_RELEASE_DEADLINE:?}; leaving it to the poststop hook or gc"; "owner" => owner)
+        }
+    }
+}
+
+/// `delete`: release, then the delegate's `delete`; when no delegate can
+/// run, answer containerd ourselves so that it can clean up.
+fn delete(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> ExitCode {
+    // stderr is only a warning for containerd here; stdout is the response.
+    let cfg = match Config::load(None) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "kata-sriov: {e}; releasing nothing");
+            Config::default()
+        }
+    };
+    let log = open_log(&cfg);
+    match a.owner() {
+        Some(owner) if cfg.source.is_some() => release_bounded(&cfg, &owner, &log),
+        _ => {}
+    }
+    let e = match find_delegate(argv0, &cfg, a) {
+        Ok(path) => {
+            info!(log, "delete: handing over"; "id" => a.id.as_deref().unwrap_or(""), "delegate" => %path.display());
+            delegate::exec(&path, rest)
+        }
+        Err(e) => e,
+    };
+    warn!(log, "delete: {e}; answering containerd ourselves"; "id" => a.id.as_deref().unwrap_or(""));
+    let _ = writeln!(
+        std::io::stderr(),
+        "kata-sriov: {e}; reporting the task as killed"
+    );
+    match response::dead_shim_delete() {
+        Ok(b) => {
+            let mut out = std::io::stdout().lock();
+            if out.write_all(&b).and_then(|()| out.flush()).is_ok() {
+                return ExitCode::SUCCESS;
+            }
+            ExitCode::FAILURE
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn cri_type_reads_the_annotation() {
+        let s = serde_json::json!({"annotations": {CRI_CONTAINER_TYPE: "container"}});
+        assert_eq!(cri_type(&s), Some("container"));
+        assert_eq!(cri_type(&serde_json::json!({})), None);
+        assert_eq!(
+            cri_type(&serde_json::json!({"annotations": {CRI_CONTAINER_TYPE: 1}})),
+            None
+        );
+    }
+
+    #[test]
+    fn bundle_prefers_the_flag() {
+        let a = ShimArgs {
+            bundle: Some(PathBuf::from("/b")),
+            ..Default::default()
+        };
+        assert_eq!(bundle_dir(&a).unwrap(), Path::new("/b"));
+        let a = ShimArgs::default();
+        assert_eq!(bundle_dir(&a).unwrap(), std::env::current_dir().unwrap());
+    }
+}
