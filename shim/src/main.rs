@@ -126,6 +126,37 @@ fn cri_type(spec: &serde_json::Value) -> Option<&str> {
     spec.get("annotations")?.get(CRI_CONTAINER_TYPE)?.as_str()
 }
 
+/// A pod container (not the sandbox) that asks for a `guest = "dan"` pool
+/// its sandbox does not hold: Kata reads DAN files only when it creates the
+/// sandbox, so the VF would never reach the guest. Refused. (Pod
+/// annotations are copied to every container of the pod, so a request that
+/// the sandbox already satisfied passes.)
+fn refuse_late_dan(cfg: &Config, spec: &serde_json::Value, a: &ShimArgs) -> Result<()> {
+    let Some(reqs) = flow::requests_for(cfg, spec)? else {
+        return Ok(());
+    };
+    if !flow::wants_dan(cfg, &reqs) {
+        return Ok(());
+    }
+    let sandbox = spec
+        .get("annotations")
+        .and_then(|m| m.get("io.kubernetes.cri.sandbox-id"))
+        .and_then(serde_json::Value::as_str);
+    let sandbox_owner = match (a.namespace.as_deref(), sandbox) {
+        (Some(ns), Some(sb)) => format!("{ns}/{sb}"),
+        _ => String::new(),
+    };
+    let held = kata_sriov::ledger::Ledger::open(&cfg.state_dir)?
+        .list()?
+        .into_iter()
+        .filter_map(|e| e.lease.ok())
+        .any(|l| l.owner == sandbox_owner);
+    if held {
+        return Ok(());
+    }
+    Err(kata_sriov::dan::DanError::NotSandbox(a.id.clone().unwrap_or_default()).into())
+}
+
 /// `start`: claim, rewrite `config.json`, hand over. Returns only on failure,
 /// with nothing left claimed.
 fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
@@ -135,6 +166,7 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     let id = a.id.as_deref().unwrap_or("");
     let mut spec = flow::read_bundle_config(&bundle)?;
     if cri_type(&spec).is_some_and(|t| t != "sandbox") {
+        refuse_late_dan(&cfg, &spec, a)?;
         let log = open_log(&cfg);
         info!(log, "start: CRI container of a pod, the sandbox holds the VFs"; "id" => id, "delegate" => %path.display());
         return Err(delegate::exec(&path, rest).into());
@@ -152,11 +184,12 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     let engine = Engine::new(&cfg, &nl, &binder)?;
     let log = open_log(&cfg);
     let original = spec.clone();
-    let claimed = flow::claim_into_spec(
+    let claimed = flow::claim_for_shim(
         &engine,
         &mut spec,
         &owner,
         OwnerCheck::Bundle(bundle.clone()),
+        id,
     )
     .with_context(|| format!("claiming a VF for {owner}"))?;
     if claimed.is_some() {

@@ -290,3 +290,57 @@ fn without_the_poststop_hook_our_delete_releases_at_the_end_of_every_task() {
     assert!(log.contains("delete: released, vfs: 1"), "{log}");
     assert!(!log.contains("poststop released"), "{log}");
 }
+
+/// `ctr run --rm` with the request and extra annotations.
+fn run_annotated(lab: &Lab, id: &str, extra: &[(&str, &str)]) -> std::process::Output {
+    let mut a = lab.run_args(RUNTIME, id, Some(POOL), "true");
+    for (k, v) in extra {
+        a.insert(4, format!("{k}={v}"));
+        a.insert(4, "--annotation".into());
+    }
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    output_within(&mut lab.ctr(&a), Duration::from_secs(60))
+}
+
+#[test]
+fn dan_request_from_a_pod_container_is_refused() {
+    let lab = Lab::new(2, "containerd-shim-runc-v2");
+    let dans = lab.dir.path().join("dans");
+    lab.host.set_dan(&dans);
+    let out = run_annotated(
+        &lab,
+        "late",
+        &[
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.sandbox-id", "nosuchsandbox"),
+        ],
+    );
+    assert!(!out.status.success(), "a late DAN request ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sandbox"), "{err}");
+    assert!(lab.host.leases().is_empty());
+    assert!(!dans.exists() || fs::read_dir(&dans).unwrap().count() == 0);
+}
+
+#[test]
+fn a_foreign_dan_file_is_left_untouched() {
+    let lab = Lab::new(2, "containerd-shim-runc-v2");
+    let dans = lab.dir.path().join("dans");
+    lab.host.set_dan(&dans);
+    fs::create_dir_all(&dans).unwrap();
+    let theirs = dans.join("sbx.json");
+    fs::write(&theirs, "{\"devices\":[]}").unwrap();
+    let out = run_annotated(
+        &lab,
+        "sbx",
+        &[
+            ("io.kubernetes.cri.container-type", "sandbox"),
+            ("io.kubernetes.cri.sandbox-id", "sbx"),
+        ],
+    );
+    assert!(!out.status.success(), "ran over a foreign DAN file");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not written by kata-sriov"), "{err}");
+    assert_eq!(fs::read_to_string(&theirs).unwrap(), "{\"devices\":[]}");
+    assert!(lab.host.leases().is_empty());
+}

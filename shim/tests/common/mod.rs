@@ -170,6 +170,16 @@ mac = "keep"
         fs::write(&self.config, text).unwrap();
     }
 
+    /// Makes the pool a `guest = "dan"` pool writing DAN files to `dir`.
+    pub fn set_dan(&self, dir: &Path) {
+        let mut text = fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "guest = \"dan\"\n[dan]\ndir = \"{}\"\n",
+            dir.display()
+        ));
+        fs::write(&self.config, text).unwrap();
+    }
+
     /// `kata-sriov status --json`'s leases.
     pub fn leases(&self) -> Vec<serde_json::Value> {
         let out = output_within(
