@@ -121,6 +121,11 @@ qemu_args() {
   QEMU_ARGS=(
     -machine q35,accel="${LAB_ACCEL:-tcg}" -cpu max -m "${LAB_MEM:-2048}" -smp "${LAB_SMP:-2}"
     -no-reboot -nodefaults -vga none
+    # No 64-bit PCI window: the guest then puts the VF BARs below 4 GiB. Above
+    # 4 GiB (where it puts them otherwise, 0x1_0000_0000) the VFs' MMIO is not
+    # decoded (reads 0, writes lost), so igbvf's mailbox never reaches the PF:
+    # "PF still in reset state", random MAC, NO-CARRIER.
+    -global q35-pcihost.pci-hole64-size=0
     -device intel-iommu,intremap=on,caching-mode=on
     -netdev user,id=n0 -device igb,netdev=n0,addr=02.0,mac=52:54:00:12:34:56
     -fsdev local,id=fs0,path=/,security_model=none,readonly=on,multidevs=remap
@@ -165,6 +170,8 @@ cmd_run() {
   [ $# -ge 1 ] || die "usage: lab.sh run SCENARIO [ARGS...]"
   local name=$1; shift
   local script=$LAB_DIR/scenarios/$name.sh
+  # A path (with a slash) runs that script instead: for experiments.
+  if [[ $name == */* ]]; then script=$(realpath "$name"); name=$(basename "$name" .sh); fi
   [ -f "$script" ] || die "no scenario $script"
   need_prepared
   local out=${LAB_OUT:-$CACHE/runs/$name-$(date +%Y%m%d-%H%M%S)-$$}
