@@ -149,8 +149,8 @@ write_job() {
   bin=${bin:-$REPO/target/debug}
   {
     printf 'LAB_MODE=%q\n' "$mode"
-    printf 'LAB_REPO=%q\n' "$REPO"
-    printf 'LAB_KDIR=%q\n' "$KDIR"
+    printf 'export LAB_REPO=%q\n' "$REPO"
+    printf 'export LAB_KDIR=%q\n' "$KDIR"
     printf 'LAB_ARGS=('; printf '%q ' "$@"; printf ')\n'
     printf 'export KS_BIN_DIR=%q\n' "$bin"
     printf 'export KS_REPO=%q\n' "$REPO"
@@ -183,7 +183,7 @@ cmd_run() {
   mkdir -p "$out"
   write_job "$out" run "$script" "$@"
   qemu_args "$out"
-  local limit=${LAB_TIMEOUT:-600} boot_limit=${LAB_BOOT_TIMEOUT:-90} tries=${LAB_BOOT_TRIES:-3}
+  local limit=${LAB_TIMEOUT:-600} boot_limit=${LAB_BOOT_TIMEOUT:-60} tries=${LAB_BOOT_TRIES:-3}
   local t0=$SECONDS rc qpid tpid try=1
   while :; do
     rm -f "$out/ready" "$out/status"

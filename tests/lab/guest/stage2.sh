@@ -28,12 +28,13 @@ mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 kver=$(uname -r)
 mkdir -p "/lib/modules/$kver"
 mount --bind "$LAB_KDIR/lib/modules/$kver" "/lib/modules/$kver"
+t_mod=$(cut -d' ' -f1 /proc/uptime)
 modprobe -a igb igbvf vfio vfio_iommu_type1 vfio-pci veth bridge tun 8021q 2>&1 | sed 's/^/lab-stage2: /'
 hostname lab
 ip link set lo up
 
 t_ready=$(cut -d' ' -f1 /proc/uptime)
-echo "lab-stage2: ready at ${t_ready} s (stage2 began at ${t_stage2} s)" >/dev/console
+echo "lab-stage2: ready at ${t_ready} s (stage2 began at ${t_stage2} s, modprobe at ${t_mod} s)" >/dev/console
 
 case $LAB_MODE in
   run)
