@@ -213,12 +213,12 @@ cmd_run() {
   rc=0; wait "$qpid" || rc=$?
   wait "$tpid" 2>/dev/null || true
   local elapsed=$((SECONDS - t0))
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    log "run $name: TIMEOUT after ${limit} s; last console lines:"
-    tail -n 30 "$out/console.log" >&2 || true
-    return 124
-  fi
   if [ ! -f "$out/status" ]; then
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      log "run $name: TIMEOUT after ${limit} s; last console lines:"
+      tail -n 30 "$out/console.log" >&2 || true
+      return 124
+    fi
     log "run $name: the scenario did not report a status (qemu exit $rc); last console lines:"
     tail -n 40 "$out/console.log" >&2 || true
     return 125
