@@ -121,6 +121,11 @@ qemu_args() {
   QEMU_ARGS=(
     -machine q35,accel="${LAB_ACCEL:-tcg}" -cpu max -m "${LAB_MEM:-2048}" -smp "${LAB_SMP:-2}"
     -no-reboot -nodefaults -vga none
+    # No 64-bit PCI window: the guest then puts the VF BARs below 4 GiB. Above
+    # 4 GiB (where it puts them otherwise, 0x1_0000_0000) the VFs' MMIO is not
+    # decoded (reads 0, writes lost), so igbvf's mailbox never reaches the PF:
+    # "PF still in reset state", random MAC, NO-CARRIER.
+    -global q35-pcihost.pci-hole64-size=0
     -device intel-iommu,intremap=on,caching-mode=on
     -netdev user,id=n0 -device igb,netdev=n0,addr=02.0,mac=52:54:00:12:34:56
     -fsdev local,id=fs0,path=/,security_model=none,readonly=on,multidevs=remap
@@ -144,8 +149,8 @@ write_job() {
   bin=${bin:-$REPO/target/debug}
   {
     printf 'LAB_MODE=%q\n' "$mode"
-    printf 'LAB_REPO=%q\n' "$REPO"
-    printf 'LAB_KDIR=%q\n' "$KDIR"
+    printf 'export LAB_REPO=%q\n' "$REPO"
+    printf 'export LAB_KDIR=%q\n' "$KDIR"
     printf 'LAB_ARGS=('; printf '%q ' "$@"; printf ')\n'
     printf 'export KS_BIN_DIR=%q\n' "$bin"
     printf 'export KS_REPO=%q\n' "$REPO"
@@ -165,6 +170,8 @@ cmd_run() {
   [ $# -ge 1 ] || die "usage: lab.sh run SCENARIO [ARGS...]"
   local name=$1; shift
   local script=$LAB_DIR/scenarios/$name.sh
+  # A path (with a slash) runs that script instead: for experiments.
+  if [[ $name == */* ]]; then script=$(realpath "$name"); name=$(basename "$name" .sh); fi
   [ -f "$script" ] || die "no scenario $script"
   need_prepared
   local out=${LAB_OUT:-$CACHE/runs/$name-$(date +%Y%m%d-%H%M%S)-$$}
@@ -176,7 +183,7 @@ cmd_run() {
   mkdir -p "$out"
   write_job "$out" run "$script" "$@"
   qemu_args "$out"
-  local limit=${LAB_TIMEOUT:-600} boot_limit=${LAB_BOOT_TIMEOUT:-90} tries=${LAB_BOOT_TRIES:-3}
+  local limit=${LAB_TIMEOUT:-600} boot_limit=${LAB_BOOT_TIMEOUT:-60} tries=${LAB_BOOT_TRIES:-3}
   local t0=$SECONDS rc qpid tpid try=1
   while :; do
     rm -f "$out/ready" "$out/status"
@@ -206,12 +213,12 @@ cmd_run() {
   rc=0; wait "$qpid" || rc=$?
   wait "$tpid" 2>/dev/null || true
   local elapsed=$((SECONDS - t0))
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    log "run $name: TIMEOUT after ${limit} s; last console lines:"
-    tail -n 30 "$out/console.log" >&2 || true
-    return 124
-  fi
   if [ ! -f "$out/status" ]; then
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      log "run $name: TIMEOUT after ${limit} s; last console lines:"
+      tail -n 30 "$out/console.log" >&2 || true
+      return 124
+    fi
     log "run $name: the scenario did not report a status (qemu exit $rc); last console lines:"
     tail -n 40 "$out/console.log" >&2 || true
     return 125

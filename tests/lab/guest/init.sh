@@ -3,6 +3,7 @@
 # Root = this machine's / over 9p (read-only) under an overlay with a tmpfs
 # upper; the run's directory on the host is the writable 9p share "labout",
 # mounted at /run/lab, where lab.sh put the job file and stage2.sh.
+# stage2.sh runs as PID 1 and powers the VM off.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -28,7 +29,6 @@ mkdir -p /newroot/run/lab
 if ! mount -t 9p -o "$p9" labout /newroot/run/lab; then
   echo "lab-init: cannot mount the labout share"; poweroff -f
 fi
-chroot /newroot /bin/bash /run/lab/stage2.sh
-sync
-umount /newroot/run/lab 2>/dev/null
-poweroff -f
+# switch_root, not chroot: the kernel's usermode helpers (modprobe for
+# "ip link add type vlan", etc.) run in PID 1's root. stage2 powers off.
+exec switch_root /newroot /bin/bash /run/lab/stage2.sh

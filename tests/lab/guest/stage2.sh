@@ -1,6 +1,6 @@
 #!/bin/bash
-# Stage 2 of the lab VM, run by /init in the chroot (this machine's root over
-# 9p + overlay). Finishes the system setup, loads the drivers, runs the job
+# Stage 2 of the lab VM: PID 1 after /init's switch_root into this machine's
+# root (9p + overlay). Finishes the system setup, loads the drivers, runs the job
 # (a scenario, or a shell) and leaves the exit status in /run/lab/status.
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
@@ -28,12 +28,13 @@ mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 kver=$(uname -r)
 mkdir -p "/lib/modules/$kver"
 mount --bind "$LAB_KDIR/lib/modules/$kver" "/lib/modules/$kver"
-modprobe -a igb igbvf vfio vfio_iommu_type1 vfio-pci veth bridge tun 2>&1 | sed 's/^/lab-stage2: /'
+t_mod=$(cut -d' ' -f1 /proc/uptime)
+modprobe -a igb igbvf vfio vfio_iommu_type1 vfio-pci veth bridge tun 8021q 2>&1 | sed 's/^/lab-stage2: /'
 hostname lab
 ip link set lo up
 
 t_ready=$(cut -d' ' -f1 /proc/uptime)
-echo "lab-stage2: ready at ${t_ready} s (stage2 began at ${t_stage2} s)" >/dev/console
+echo "lab-stage2: ready at ${t_ready} s (stage2 began at ${t_stage2} s, modprobe at ${t_mod} s)" >/dev/console
 
 case $LAB_MODE in
   run)
@@ -53,3 +54,6 @@ case $LAB_MODE in
     ;;
 esac
 sync
+umount /run/lab 2>/dev/null
+echo o >/proc/sysrq-trigger
+sleep 30
