@@ -555,10 +555,13 @@ impl<'a> Engine<'a> {
     fn configure(&self, mut lease: Lease) -> Result<ClaimedVf, ClaimError> {
         if !lease.settings.is_empty() {
             let pf = self.pf_ifname(&lease)?;
+            // One setting per message (a refused one is then known, and
+            // the earlier ones are rolled back), one read-back for all.
             for (i, s) in lease.settings.iter().enumerate() {
-                netlink::apply_verified(self.nl, &pf, lease.vf_index, *s)?;
+                self.nl.set_vf(&pf, lease.vf_index, *s)?;
                 self.step(Step::SettingApplied(i));
             }
+            netlink::verify(self.nl, &pf, lease.vf_index, &lease.settings)?;
         }
         if lease.mode == Mode::Vfio && self.sysfs.driver(lease.vf)?.as_deref() != Some(VFIO_PCI) {
             self.binder.bind(lease.vf, Some(VFIO_PCI))?;
@@ -684,12 +687,15 @@ impl<'a> Engine<'a> {
         if let Some(orig) = &lease.original_settings {
             let pf = self.pf_ifname(&lease)?;
             let now = self.nl.vf_settings(&pf, lease.vf_index)?;
+            let mut restored = Vec::new();
             for (i, s) in lease.settings.iter().enumerate().rev() {
                 if let Some(back) = restore_of(s, orig, &now) {
-                    netlink::apply_verified(self.nl, &pf, lease.vf_index, back)?;
+                    self.nl.set_vf(&pf, lease.vf_index, back)?;
+                    restored.push(back);
                 }
                 self.step(Step::SettingRestored(i));
             }
+            netlink::verify(self.nl, &pf, lease.vf_index, &restored)?;
         }
         if self.sysfs.driver(lease.vf)?.as_deref() != original {
             self.binder.bind(lease.vf, original)?;

@@ -348,6 +348,33 @@ pub fn apply_verified(
     }
 }
 
+/// Reads the VF once and fails with [`NetlinkError::Mismatch`] naming the
+/// first of `settings` the kernel reports otherwise: one read-back for
+/// several settings sent one at a time. A setting the driver does not
+/// report is accepted as set.
+pub fn verify(
+    nl: &dyn VfNetlink,
+    pf: &IfName,
+    vf: u32,
+    settings: &[VfSetting],
+) -> Result<(), NetlinkError> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let now = nl.vf_settings(pf, vf)?;
+    for s in settings {
+        if let Some(read) = now.get(s.kind()).filter(|r| r != s) {
+            return Err(NetlinkError::Mismatch {
+                pf: pf.clone(),
+                vf,
+                wanted: *s,
+                read,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How often and how long [`KernelNetlink::set_vf`] retries `EBUSY`/`EAGAIN`.
 pub const BUSY_ATTEMPTS: u32 = 10;
 pub const BUSY_DELAY: Duration = Duration::from_millis(100);

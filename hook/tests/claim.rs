@@ -324,3 +324,23 @@ fn pool_without_settings_makes_no_netlink_call_and_prebound_vfs_stay() {
         Some("vfio-pci")
     );
 }
+
+#[test]
+fn a_setting_the_driver_silently_ignores_is_caught_by_the_read_back() {
+    let lab = lab_with(1, POOL);
+    let nl = kata_sriov::netlink::RecordingNetlink::new();
+    let pf: kata_sriov::pci::IfName = "ens1f0".parse().unwrap();
+    nl.add_pf(&pf, 1);
+    nl.ignore_setting(VfSettingKind::Trust);
+    let mut e = Engine::new(&lab.cfg, &nl, &lab.binder).unwrap();
+    e.node_wait = Duration::ZERO;
+    let err = e.claim("a", &req("fast"), OwnerCheck::None).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("reads back") && msg.contains("rolled back"),
+        "{msg}"
+    );
+    assert_eq!(nl.state(&pf, 0).unwrap(), VfSettings::default());
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert!(e.ledger.leased().unwrap().is_empty());
+}
