@@ -14,13 +14,13 @@
 //! Every route carries a gateway (Kata takes the family from it) and the
 //! MTU is always set (Go has no default).
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::atomic::{self, Place};
 use crate::claim::ClaimedVf;
 
 /// MTU written when neither the request nor the pool sets one.
@@ -139,43 +139,28 @@ pub fn write(path: &Path, doc: &Value, ours: bool) -> Result<(), DanError> {
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let tmp = dir.join(format!(
-        ".{}.kata-sriov.{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
     let mut data = serde_json::to_vec_pretty(doc).map_err(|e| DanError::Io {
         op: "encoding",
         path: path.to_owned(),
         source: io::Error::other(e),
     })?;
     data.push(b'\n');
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
-    f.write_all(&data)
-        .and_then(|()| f.sync_all())
-        .map_err(io("writing", &tmp))?;
-    let placed = if ours {
-        fs::rename(&tmp, path)
+    // Exclusive when not ours: a file that appeared meanwhile is not ours.
+    let place = if ours {
+        Place::Replace
     } else {
-        // Exclusive: a file that appeared meanwhile is not ours.
-        fs::hard_link(&tmp, path)
+        Place::Exclusive
     };
-    let _ = fs::remove_file(&tmp);
-    match placed {
+    match atomic::write(path, &data, 0o644, place) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(DanError::Foreign {
+        Err(e) if e.already_exists() => Err(DanError::Foreign {
             path: path.to_owned(),
         }),
-        Err(e) => Err(io("placing", path)(e)),
+        Err(e) => Err(DanError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }),
     }
 }
 

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use slog::{info, warn, Logger};
 
+use crate::atomic::{self, Place};
 use crate::claim::{ClaimError, Engine};
 use crate::config::{MacPolicy, Mode, Pool};
 use crate::guestnet::{IpCidr, L3Config};
@@ -230,36 +231,14 @@ impl<'a> Driver<'a> {
     }
 
     fn save(&self, store: &Store) -> Result<(), DockerError> {
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| DockerError::Io { op, path, source }
-        };
         let mut data = serde_json::to_vec_pretty(store)
             .map_err(|e| DockerError::Request(format!("encoding the network map: {e}")))?;
         data.push(b'\n');
-        let tmp = self
-            .store
-            .with_file_name(format!(".{NETWORKS_FILE}.{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        if let Err(e) = f.write_all(&data).and_then(|()| f.sync_all()) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io("writing", &tmp)(e));
-        }
-        if let Err(e) = fs::rename(&tmp, &self.store) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io("replacing", &self.store)(e));
-        }
-        let dir = self.engine.ledger.dir();
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", dir))
+        atomic::write(&self.store, &data, 0o600, Place::Replace).map_err(|e| DockerError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        })
     }
 
     /// The networks this driver knows.

@@ -5,12 +5,13 @@
 //! file beside it.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::atomic::{self, Place};
 use crate::claim::{ClaimError, ClaimedVf, Engine};
 use crate::config::{Config, GuestMode};
 use crate::dan::{self, DanError};
@@ -254,28 +255,11 @@ pub fn write_bundle_config(bundle: &Path, spec: &Value) -> Result<(), FlowError>
     let mode = fs::symlink_metadata(&path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    let tmp = bundle.join(format!(".config.json.kata-sriov.{}", std::process::id()));
     let mut data = serde_json::to_vec(spec).map_err(|e| FlowError::Other(e.to_string()))?;
     data.push(b'\n');
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))?;
-    let written = f
-        .write_all(&data)
-        .and_then(|()| f.set_permissions(fs::Permissions::from_mode(mode)))
-        .and_then(|()| f.sync_all());
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("replacing", &path)(e));
-    }
-    OpenOptions::new()
-        .read(true)
-        .open(bundle)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing", bundle))
+    atomic::write(&path, &data, mode, Place::Replace).map_err(|e| FlowError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }

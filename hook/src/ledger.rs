@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::{self, Place};
 use crate::config::Mode;
 use crate::guestnet::L3Config;
 use crate::netlink::{VfSetting, VfSettings};
@@ -54,6 +55,16 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Led
         op,
         path: path.to_owned(),
         source,
+    }
+}
+
+impl From<atomic::AtomicError> for LedgerError {
+    fn from(e: atomic::AtomicError) -> Self {
+        LedgerError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -202,12 +213,6 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
-    open_nofollow(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing", dir))
-}
-
 impl Ledger {
     /// Opens (creating it 0700 when missing) and checks the state dir.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
@@ -286,65 +291,49 @@ impl Ledger {
         self.dir.join("leases").join(format!("{vf}.json"))
     }
 
-    fn write_temp(&self, lease: &Lease) -> Result<PathBuf, LedgerError> {
+    fn encode(&self, lease: &Lease) -> Result<Vec<u8>, LedgerError> {
         let mut data = serde_json::to_vec_pretty(lease).map_err(|e| LedgerError::Io {
             op: "encoding lease for",
             path: self.lease_path(lease.vf),
             source: io::Error::other(e),
         })?;
         data.push(b'\n');
-        let tmp = self.dir.join("leases").join(format!(
-            ".tmp.{}.{}.{}",
-            std::process::id(),
-            lease.vf,
-            now_nanos()
-        ));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        f.write_all(&data)
-            .and_then(|()| f.sync_all())
-            .map_err(io_err("writing", &tmp))?;
-        Ok(tmp)
+        Ok(data)
     }
 
     /// Records a new lease; fails with [`LedgerError::Exists`] when the VF
     /// has one. The file appears whole or not at all.
     pub fn create(&self, lease: &Lease) -> Result<(), LedgerError> {
-        let tmp = self.write_temp(lease)?;
         let dst = self.lease_path(lease.vf);
-        let r = fs::hard_link(&tmp, &dst);
-        let _ = fs::remove_file(&tmp);
-        match r {
-            Ok(()) => sync_dir(&self.dir.join("leases")),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(LedgerError::Exists {
+        match atomic::write(&dst, &self.encode(lease)?, 0o600, Place::Exclusive) {
+            Ok(()) => Ok(()),
+            Err(e) if e.already_exists() => Err(LedgerError::Exists {
                 vf: lease.vf,
                 path: dst,
             }),
-            Err(e) => Err(io_err("creating", &dst)(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Replaces an existing lease atomically.
     pub fn update(&self, lease: &Lease) -> Result<(), LedgerError> {
-        let tmp = self.write_temp(lease)?;
         let dst = self.lease_path(lease.vf);
-        if let Err(e) = fs::rename(&tmp, &dst) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("replacing", &dst)(e));
-        }
-        sync_dir(&self.dir.join("leases"))
+        Ok(atomic::write(
+            &dst,
+            &self.encode(lease)?,
+            0o600,
+            Place::Replace,
+        )?)
     }
 
     /// Deletes a lease (a missing one is fine).
     pub fn remove(&self, vf: PciAddress) -> Result<(), LedgerError> {
         let p = self.lease_path(vf);
         match fs::remove_file(&p) {
-            Ok(()) => sync_dir(&self.dir.join("leases")),
+            Ok(()) => {
+                let dir = self.dir.join("leases");
+                atomic::sync_dir(&dir).map_err(io_err("syncing", &dir))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("deleting", &p)(e)),
         }
@@ -424,13 +413,10 @@ impl Ledger {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(".tmp.") else {
+            let Some(pid) = atomic::stale_temp_pid(&name) else {
                 continue;
             };
-            let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
-                && fs::remove_file(e.path()).is_ok()
-            {
+            if !Path::new(&format!("/proc/{pid}")).exists() && fs::remove_file(e.path()).is_ok() {
                 out.push(e.path());
             }
         }
@@ -440,13 +426,6 @@ impl Ledger {
 
 fn lease_name(name: &str) -> Option<PciAddress> {
     name.strip_suffix(".json")?.parse().ok()
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat`

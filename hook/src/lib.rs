@@ -3,6 +3,7 @@
 //! spec so that a container (above all a Kata VM) gets the VF. See
 //! `DESIGN.md` in the repository for the module map.
 
+pub mod atomic;
 pub mod check;
 pub mod claim;
 pub mod config;

@@ -173,16 +173,7 @@ pub enum RequestError {
     },
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+use crate::spec::json_kind as kind;
 
 /// Parses and validates a request value (the annotation's string).
 pub fn parse_request(text: &str) -> Result<Vec<NetworkRequest>, RequestError> {

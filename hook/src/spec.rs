@@ -135,7 +135,8 @@ pub enum SpecError {
     Guest(#[from] GuestNetError),
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, for error messages ("a string").
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -179,7 +180,7 @@ pub fn parse_spec(bytes: &[u8]) -> Result<Value, SpecError> {
     }
     let v: Value = serde_json::from_slice(bytes).map_err(SpecError::Json)?;
     if !v.is_object() {
-        return Err(SpecError::NotObject(kind(&v)));
+        return Err(SpecError::NotObject(json_kind(&v)));
     }
     Ok(v)
 }
@@ -203,7 +204,7 @@ fn field<'a>(
         Some(v @ Value::Array(_)) if !want_object => Ok(Some(v)),
         Some(v) => Err(SpecError::WrongType {
             field: name,
-            found: kind(v),
+            found: json_kind(v),
             expected: if want_object { "an object" } else { "an array" },
         }),
     }
@@ -214,7 +215,7 @@ fn field<'a>(
 /// malformed spec is refused before any VF is taken.
 pub fn check_spec(spec: &Value) -> Result<(), SpecError> {
     let Value::Object(root) = spec else {
-        return Err(SpecError::NotObject(kind(spec)));
+        return Err(SpecError::NotObject(json_kind(spec)));
     };
     if let Some(Value::Object(linux)) = field(root, "linux", "linux", true)? {
         field(linux, "devices", "linux.devices", false)?;
@@ -306,7 +307,7 @@ fn object_at<'a>(
         Value::Object(o) => Ok(o),
         other => Err(SpecError::WrongType {
             field: name,
-            found: kind(other),
+            found: json_kind(other),
             expected: "an object",
         }),
     }
@@ -326,7 +327,7 @@ fn array_at<'a>(
         Value::Array(a) => Ok(a),
         other => Err(SpecError::WrongType {
             field: name,
-            found: kind(other),
+            found: json_kind(other),
             expected: "an array",
         }),
     }
@@ -353,7 +354,7 @@ pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
     // Edit a copy: whatever happens below, `spec` changes all at once or not at all.
     let mut work = spec.clone();
     let Value::Object(root) = &mut work else {
-        return Err(SpecError::NotObject(kind(spec)));
+        return Err(SpecError::NotObject(json_kind(spec)));
     };
 
     if !devices.is_empty() {
