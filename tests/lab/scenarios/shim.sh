@@ -178,6 +178,8 @@ info "vf $idx after: $after"
 check_eq "PF's vf $idx line equals the line before the claim" "${before[$idx]}" "$after"
 check_eq "no lease left" 0 "$(leases)"
 check "/dev/vfio/$group gone" wait_for 5 test ! -e "/dev/vfio/$group"
+# Who released it (poststop hook and/or the shim's delete; release is idempotent).
+grep -i 'releas' "$STATE/kata-sriov.log" 2>/dev/null | tail -n 4 | cut -c1-200 | sed 's/^/  log: /'
 
 step "a failed claim: an unknown pool is refused at start, nothing claimed"
 err=$(ctr_ run --rm --runtime "$RUNTIME" --annotation io.kata-sriov.networks=nosuch --rootfs "$R" c2 /bin/true 2>&1) &&
