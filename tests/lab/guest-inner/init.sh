@@ -29,4 +29,5 @@ if [ -n "$target" ]; then
   if [ $rc = 0 ]; then say "ping-ok $target"; else say "ping-fail $target"; fi
 fi
 say "done $(cut -d' ' -f1 /proc/uptime)"
-poweroff -f
+# reboot, not poweroff: works without ACPI too (QEMU runs with -no-reboot and exits)
+reboot -f

@@ -19,7 +19,7 @@ PF=0000:00:02.0
 W=/run/ksp
 PF_IP=192.168.100.1
 REQ='[{"pool":"vlan100","name":"net1","ips":["192.168.100.2/24"],"gateway":"192.168.100.1","routes":[{"dst":"10.99.0.0/16","via":"192.168.100.1"}]}]'
-INNER_TIMEOUT=${PASSTHROUGH_INNER_TIMEOUT:-480}
+INNER_TIMEOUT=${KS_PASSTHROUGH_INNER_TIMEOUT:-480}
 demo() { [ -z "${KS_DEMO:-}" ] || echo "  > $*"; }
 
 check "kata-sriov is built" test -x "$KS" || finish
@@ -114,7 +114,7 @@ qemu=(qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m 256 -smp 1
   -nodefaults -vga none -no-reboot -display none -monitor none -serial stdio
   -global q35-pcihost.pci-hole64-size=0
   -kernel "$inner_kernel" -initrd "$W/inner.cpio"
-  -append "console=ttyS0 quiet panic=-1 lab.ping=$PF_IP")
+  -append "console=ttyS0 quiet panic=-1 ${KS_PASSTHROUGH_INNER_APPEND:-} lab.ping=$PF_IP")
 check "launcher's command passes $VF and the guest description" bash -c \
   "'$LAUNCHER' --dry-run '$W/config.json' -- ${qemu[*]@Q} | tee '$W/launch.txt' | grep -qx -- 'vfio-pci,host=$VF'"
 cmdline=$(grep -A1 -x -- -append "$W/launch.txt" | tail -n1)
