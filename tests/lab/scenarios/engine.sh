@@ -56,6 +56,17 @@ st=$("$KS" status)
 echo "$st"
 check_match "status lists VF 3 of $PF" "vf 3 +$(vf_addr "$PF" 3) +igbvf" "$st"
 
+step "kata-sriov check on the real host"
+chk=$("$KS" check --json) && fail "check passed although the unsafe pool shares an IOMMU group"
+st_of() { jq -r --arg id "$1" '.checks[] | select(.id == $id) | .status' <<<"$chk"; }
+check_eq "check: IOMMU groups" ok "$(st_of iommu.groups)"
+check_eq "check: vfio-pci" ok "$(st_of vfio.driver)"
+check_eq "check: vlan100 PF" ok "$(st_of "pool.vlan100.pf.$PF")"
+check_eq "check: vlan100 VF count" ok "$(st_of "pool.vlan100.vfs.$PF")"
+check_eq "check: vlan100 isolation" ok "$(st_of "pool.vlan100.iommu.$PF")"
+check_eq "check: unsafe pool isolation fails" fail "$(st_of "pool.unsafe.iommu.$UNSAFE_PF")"
+info "$(jq -r '.checks[] | "\(.status)\t\(.id)\t\(.message)"' <<<"$chk")"
+
 vf_line() { ip -d link show "$pf_if" | grep -E "^ +vf $1 " | sed 's/ *$//'; }
 declare -A before
 for i in $(seq 0 $((NVF - 1))); do before[$i]=$(vf_line "$i"); done
