@@ -10,8 +10,23 @@ export LAB_OUT_DIR=/run/lab LAB_IN_VM=1
 
 t_stage2=$(cut -d' ' -f1 /proc/uptime)
 echo "$t_stage2" >/run/lab/ready
+# The tmpfs mounts below would hide a checkout that lives under one of them
+# (CI may clone into /tmp): bind what the job needs aside, then back.
+keep=()
+for p in "$LAB_REPO" "${LAB_KDIR:-}" "${KS_BIN_DIR:-}"; do
+  [ -n "$p" ] && [ -d "$p" ] && keep+=("$p")
+done
+for i in "${!keep[@]}"; do
+  mkdir -p "/mnt/lab-keep/$i" && mount --bind "${keep[$i]}" "/mnt/lab-keep/$i"
+done
 for d in /tmp /var/tmp /var/lib/containerd /var/lib/docker /dev/shm; do
   mkdir -p "$d" && mount -t tmpfs -o mode=1777 tmpfs "$d"
+done
+for i in "${!keep[@]}"; do
+  p=${keep[$i]}
+  if [ ! -d "$p" ]; then
+    mkdir -p "$p" && mount --bind "/mnt/lab-keep/$i" "$p"
+  fi
 done
 chmod 0711 /var/lib/containerd /var/lib/docker
 mkdir -p /dev/pts /dev/mqueue && mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
