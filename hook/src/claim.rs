@@ -567,6 +567,9 @@ impl<'a> Engine<'a> {
             self.binder.bind(lease.vf, Some(VFIO_PCI))?;
             self.step(Step::Bound);
         }
+        if lease.mode == Mode::Netdev && sets_mac(&lease.settings) {
+            self.reset_netdev_vf(&lease)?;
+        }
         let out = {
             lease.state = LeaseState::Claimed;
             self.claimed_vf(&lease)?
@@ -575,6 +578,19 @@ impl<'a> Engine<'a> {
         self.ledger.update(&lease)?;
         self.step(Step::Claimed);
         Ok(out)
+    }
+
+    /// Rebinds a netdev-mode VF to its driver, which resets it: a VF
+    /// driver takes an admin MAC set on the PF only at reset, and drivers
+    /// such as igbvf then refuse any other MAC (EADDRNOTAVAIL), so without
+    /// this the VF's netdev would keep its old MAC. (vfio-pci VFs are reset
+    /// by the bind itself.)
+    fn reset_netdev_vf(&self, lease: &Lease) -> Result<(), ClaimError> {
+        if let Some(drv) = self.sysfs.driver(lease.vf)? {
+            self.binder.bind(lease.vf, None)?;
+            self.binder.bind(lease.vf, Some(&drv))?;
+        }
+        Ok(())
     }
 
     /// Records, in each of `owner`'s leases, the Kata DAN file written for
@@ -696,6 +712,10 @@ impl<'a> Engine<'a> {
                 self.step(Step::SettingRestored(i));
             }
             netlink::verify(self.nl, &pf, lease.vf_index, &restored)?;
+            // The host netdev takes its original MAC back at reset.
+            if lease.mode == Mode::Netdev && sets_mac(&restored) {
+                self.reset_netdev_vf(&lease)?;
+            }
         }
         if self.sysfs.driver(lease.vf)?.as_deref() != original {
             self.binder.bind(lease.vf, original)?;
@@ -788,6 +808,10 @@ impl<'a> Engine<'a> {
 fn restore_of(s: &VfSetting, orig: &VfSettings, now: &VfSettings) -> Option<VfSetting> {
     let back = orig.get(s.kind())?;
     (now.get(s.kind()) != Some(back)).then_some(back)
+}
+
+fn sets_mac(settings: &[VfSetting]) -> bool {
+    settings.iter().any(|s| matches!(s, VfSetting::Mac(_)))
 }
 
 /// MACs of the host's network interfaces.

@@ -344,3 +344,31 @@ fn a_setting_the_driver_silently_ignores_is_caught_by_the_read_back() {
     assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
     assert!(e.ledger.leased().unwrap().is_empty());
 }
+
+#[test]
+fn netdev_vf_is_reset_after_its_mac_is_set_on_the_pf() {
+    // igbvf takes an admin MAC only at reset and refuses other changes:
+    // the claim (and the release, restoring the MAC) rebinds the VF.
+    let lab = lab_with(
+        1,
+        "[[pools]]\nname = \"nd\"\npfs = [\"ens1f0\"]\nmode = \"netdev\"\nvlan = 100\n",
+    );
+    let e = lab.engine();
+    let got = e.claim("c", &req("nd"), OwnerCheck::None).unwrap();
+    assert_eq!(lab.binder.binds(), 2, "unbind + bind to reset the VF");
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert!(got[0].netdev.is_some());
+    e.release("c").unwrap();
+    assert_eq!(lab.binder.binds(), 4);
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert_eq!(lab.nl.get("ens1f0", 0).unwrap(), VfSettings::default());
+    // A pool that keeps the MAC needs no reset.
+    let keep = lab_with(
+        1,
+        "[[pools]]\nname = \"nd\"\npfs = [\"ens1f0\"]\nmode = \"netdev\"\nmac = \"keep\"\nvlan = 100\n",
+    );
+    let e = keep.engine();
+    e.claim("c", &req("nd"), OwnerCheck::None).unwrap();
+    e.release("c").unwrap();
+    assert_eq!(keep.binder.binds(), 0);
+}
