@@ -251,17 +251,19 @@ impl<'a> Engine<'a> {
         self.check_requests(reqs)?;
         let picks = {
             let _global = self.ledger.lock_global()?;
-            let mine: Vec<Lease> = self
-                .ledger
-                .list()?
-                .into_iter()
-                .filter_map(|e| e.lease.ok())
+            // Read the ledger once: this owner's leases, every leased VF
+            // (readable or quarantined), and the MACs in use.
+            let entries = self.ledger.list()?;
+            let mine: Vec<Lease> = entries
+                .iter()
+                .filter_map(|e| e.lease.as_ref().ok())
                 .filter(|l| l.owner == owner)
+                .cloned()
                 .collect();
             if !mine.is_empty() {
                 return self.existing(owner, mine, reqs);
             }
-            let picks = self.pick(owner, reqs, &check)?;
+            let picks = self.pick(owner, reqs, &check, &entries)?;
             let mut written: Vec<Pick> = Vec::new();
             for p in picks {
                 if let Err(e) = self.ledger.create(&p.lease) {
@@ -381,13 +383,12 @@ impl<'a> Engine<'a> {
         owner: &str,
         reqs: &[NetworkRequest],
         check: &OwnerCheck,
+        entries: &[ledger::LeaseEntry],
     ) -> Result<Vec<Pick>, ClaimError> {
-        let mut taken = self.ledger.leased()?;
-        let mut macs_in_use: HashSet<MacAddr> = self
-            .ledger
-            .list()?
-            .into_iter()
-            .filter_map(|e| e.lease.ok().and_then(|l| l.mac))
+        let mut taken: HashSet<PciAddress> = entries.iter().map(|e| e.vf).collect();
+        let mut macs_in_use: HashSet<MacAddr> = entries
+            .iter()
+            .filter_map(|e| e.lease.as_ref().ok().and_then(|l| l.mac))
             .collect();
         // Only a claim that chooses MACs needs the host's (a scan of every
         // netdev, the one cost here that grows with the host's size).

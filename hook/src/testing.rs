@@ -76,6 +76,29 @@ fn relink_at(link: &Path, target: &str) {
     let _ = symlink(target, link);
 }
 
+fn ensure_driver(dir: &Path, name: &str) {
+    let d = dir.join("bus/pci/drivers").join(name);
+    if !d.exists() {
+        write(&d.join("bind"), "");
+        write(&d.join("unbind"), "");
+    }
+}
+
+/// Points a device's `driver` link (in the tree under `dir`) at `driver`,
+/// or removes it, as the kernel does on bind and unbind.
+fn set_driver_link(dir: &Path, addr: PciAddress, driver: Option<&str>) {
+    let link = dir.join(format!("bus/pci/devices/{addr}/driver"));
+    match driver {
+        Some(drv) => {
+            ensure_driver(dir, drv);
+            relink_at(&link, &format!("../../drivers/{drv}"));
+        }
+        None => {
+            let _ = fs::remove_file(&link);
+        }
+    }
+}
+
 /// The address of VF `i` of a PF: routing id PF + 0x80 + i, as many NICs do.
 pub fn vf_address(pf: PciAddress, i: u32) -> PciAddress {
     let rid =
@@ -125,11 +148,7 @@ impl FakeSysfs {
     }
 
     fn ensure_driver(&self, name: &str) {
-        let d = self.dir.join("bus/pci/drivers").join(name);
-        if !d.exists() {
-            write(&d.join("bind"), "");
-            write(&d.join("unbind"), "");
-        }
+        ensure_driver(&self.dir, name);
     }
 
     /// Puts `addr` into IOMMU group `g`.
@@ -174,16 +193,7 @@ impl FakeSysfs {
 
     /// Points a device's `driver` link at `driver` (or removes it).
     pub fn set_driver(&self, addr: PciAddress, driver: Option<&str>) {
-        let link = self.dir.join(format!("bus/pci/devices/{addr}/driver"));
-        match driver {
-            Some(drv) => {
-                self.ensure_driver(drv);
-                relink_at(&link, &format!("../../drivers/{drv}"));
-            }
-            None => {
-                let _ = fs::remove_file(&link);
-            }
-        }
+        set_driver_link(&self.dir, addr, driver);
     }
 
     /// Adds a network interface to a device.
@@ -344,12 +354,7 @@ impl DriverBinder for FakeBinder {
             });
         }
         self.binds.fetch_add(1, Ordering::Relaxed);
-        let fake = FakeSysfs {
-            dir: self.root.clone(),
-            next_group: AtomicU32::new(0),
-            iommu: true,
-        };
-        fake.set_driver(addr, driver);
+        set_driver_link(&self.root, addr, driver);
         Ok(())
     }
 }
