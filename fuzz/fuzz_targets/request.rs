@@ -3,7 +3,7 @@
 //! requests serialize to a JSON form that parses back to the same value.
 #![no_main]
 
-use kata_sriov::request::{
+use kata_sriov::policy::request::{
     parse_request, request_from_annotations, MAX_REQUESTS, MAX_REQUEST_BYTES, REQUEST_ANNOTATION,
 };
 use libfuzzer_sys::fuzz_target;
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(r
                     .pool
                     .as_str()
-                    .parse::<kata_sriov::request::PoolName>()
+                    .parse::<kata_sriov::policy::request::PoolName>()
                     .is_ok());
                 if let Some(n) = &r.l3.name {
                     assert!(reqs[..i].iter().all(|o| o.l3.name.as_ref() != Some(n)));

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use kata_sriov::guestnet::{GuestNetwork, L3Config};
-use kata_sriov::spec::{
+use kata_sriov::oci::spec::{
     apply, check_spec, default_poststop, parse_spec, parse_state, DeviceNode, SpecEdit,
     VFIO_CONTAINER,
 };

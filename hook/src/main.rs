@@ -11,16 +11,17 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use slog::{info, Logger};
 
-use kata_sriov::claim::Engine;
-use kata_sriov::config::Config;
-use kata_sriov::flow;
-use kata_sriov::ledger::{Ledger, OwnerCheck};
-use kata_sriov::netlink::KernelNetlink;
-use kata_sriov::request::OWNER_ANNOTATION;
-use kata_sriov::spec::{self, MAX_OWNER};
-use kata_sriov::sysfs::SysfsRoot;
-use kata_sriov::vfio::SysfsBinder;
-use kata_sriov::{log, status};
+use kata_sriov::admin::status;
+use kata_sriov::engine::claim::Engine;
+use kata_sriov::integrations::flow;
+use kata_sriov::kernel::netlink::KernelNetlink;
+use kata_sriov::kernel::sysfs::SysfsRoot;
+use kata_sriov::kernel::vfio::SysfsBinder;
+use kata_sriov::log;
+use kata_sriov::oci::spec::{self, MAX_OWNER};
+use kata_sriov::policy::config::Config;
+use kata_sriov::policy::request::OWNER_ANNOTATION;
+use kata_sriov::state::ledger::{Ledger, OwnerCheck};
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +66,7 @@ enum Cmd {
     /// Add kata-sriov to containerd, docker, podman (hooks.d) or kata (configuration.toml).
     Configure {
         /// containerd, docker, podman or kata
-        target: kata_sriov::configure::Target,
+        target: kata_sriov::admin::configure::Target,
         /// Print the change as a unified diff; write nothing.
         #[arg(long)]
         dry_run: bool,
@@ -76,7 +77,7 @@ enum Cmd {
     /// Docker network driver (libnetwork remote driver) on a unix socket.
     DockerPlugin {
         /// The socket; its file name is the driver's name in Docker.
-        #[arg(long, default_value = kata_sriov::docker::DEFAULT_SOCKET)]
+        #[arg(long, default_value = kata_sriov::integrations::docker::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
 }
@@ -263,7 +264,7 @@ fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
-    let done = kata_sriov::netdev::create_runtime(&engine, &state, &config)?;
+    let done = kata_sriov::integrations::netdev::create_runtime(&engine, &state, &config)?;
     for a in &done {
         info!(logger, "create-runtime moved";
             "id" => &state.id, "vf" => a.vf.to_string(), "pool" => &a.pool,
@@ -276,10 +277,10 @@ fn docker_plugin(cfg: &Config, socket: &std::path::Path) -> Result<()> {
     let logger = log::from_env(None, "docker-plugin");
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
-    let driver = kata_sriov::docker::Driver::new(&engine, logger.clone());
-    let listener = kata_sriov::docker::bind(socket)?;
+    let driver = kata_sriov::integrations::docker::Driver::new(&engine, logger.clone());
+    let listener = kata_sriov::integrations::docker::bind(socket)?;
     info!(logger, "listening"; "socket" => socket.display().to_string());
-    kata_sriov::docker::serve(&listener, &driver).context("accepting connections")
+    kata_sriov::integrations::docker::serve(&listener, &driver).context("accepting connections")
 }
 
 fn poststop(cfg: &Config, logger: &Logger) -> Result<()> {
@@ -302,7 +303,7 @@ fn setup_cmd(cfg: &Config) -> Result<()> {
     let nl = KernelNetlink::new().context("opening netlink")?;
     let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
     let load = || binder.ensure_vfio_pci();
-    let r = kata_sriov::setup::Setup::new(cfg, &nl, &load).run(&mut std::io::stdout())?;
+    let r = kata_sriov::admin::setup::Setup::new(cfg, &nl, &load).run(&mut std::io::stdout())?;
     if !r.failures.is_empty() {
         bail!("setup: {} step(s) failed (see above)", r.failures.len());
     }
@@ -310,7 +311,7 @@ fn setup_cmd(cfg: &Config) -> Result<()> {
 }
 
 fn check_cmd(cfg: &Config, json: bool) -> Result<()> {
-    let report = kata_sriov::check::run(cfg, &kata_sriov::check::CheckEnv::host());
+    let report = kata_sriov::admin::check::run(cfg, &kata_sriov::admin::check::CheckEnv::host());
     let out = if json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -325,11 +326,11 @@ fn check_cmd(cfg: &Config, json: bool) -> Result<()> {
 
 fn configure_cmd(
     cfg: &Config,
-    target: kata_sriov::configure::Target,
+    target: kata_sriov::admin::configure::Target,
     dry_run: bool,
     file: Option<&std::path::Path>,
 ) -> Result<()> {
-    let plan = kata_sriov::configure::plan(target, file, cfg)?;
+    let plan = kata_sriov::admin::configure::plan(target, file, cfg)?;
     let mut out = std::io::stdout().lock();
     if !plan.changed() {
         for f in &plan.files {
@@ -345,7 +346,7 @@ fn configure_cmd(
         for f in plan.files.iter().filter(|f| f.changed()) {
             let p = f.path.display();
             if f.old.is_some() && f.base.is_none() {
-                let bak = kata_sriov::configure::backup_path(&f.path);
+                let bak = kata_sriov::admin::configure::backup_path(&f.path);
                 writeln!(out, "{p}: updated (backup {})", bak.display())?;
             } else {
                 writeln!(out, "{p}: created")?;

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
+use crate::kernel::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
+use crate::kernel::sysfs::SysfsRoot;
+use crate::kernel::vfio::{DriverBinder, VfioError};
 use crate::pci::{IfName, PciAddress};
 use crate::rtnl::RtnlError;
-use crate::sysfs::SysfsRoot;
-use crate::vfio::{DriverBinder, VfioError};
 
 /// A PCI device to put into a fake tree.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kata_sriov::check::{self, CheckEnv, Report, Status};
-use kata_sriov::config::Config;
+use kata_sriov::admin::check::{self, CheckEnv, Report, Status};
+use kata_sriov::policy::config::Config;
 use kata_sriov::testing::{FakeDevice, FakeSysfs};
 
 struct Lab {

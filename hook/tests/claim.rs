@@ -9,12 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kata_sriov::claim::{ClaimError, Engine};
-use kata_sriov::config::Config;
-use kata_sriov::ledger::{LeaseState, OwnerCheck};
-use kata_sriov::netlink::{VfNetlink, VfSettingKind, VfSettings};
+use kata_sriov::engine::claim::{ClaimError, Engine};
+use kata_sriov::kernel::netlink::{VfNetlink, VfSettingKind, VfSettings};
 use kata_sriov::pci::PciAddress;
-use kata_sriov::request::{parse_request, NetworkRequest};
+use kata_sriov::policy::config::Config;
+use kata_sriov::policy::request::{parse_request, NetworkRequest};
+use kata_sriov::state::ledger::{LeaseState, OwnerCheck};
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
 
 struct Lab {
@@ -228,7 +228,11 @@ fn gc_releases_gone_owners_and_keeps_live_ones() {
         .unwrap();
     e.claim("unknown", &req("fast"), OwnerCheck::None).unwrap();
     let live = e
-        .claim("live", &req("fast"), kata_sriov::ledger::this_process())
+        .claim(
+            "live",
+            &req("fast"),
+            kata_sriov::state::ledger::this_process(),
+        )
         .unwrap();
     assert_eq!(e.gc().unwrap().released.len(), 0);
     std::fs::remove_dir(&bundle).unwrap();
@@ -328,7 +332,7 @@ fn pool_without_settings_makes_no_netlink_call_and_prebound_vfs_stay() {
 #[test]
 fn a_setting_the_driver_silently_ignores_is_caught_by_the_read_back() {
     let lab = lab_with(1, POOL);
-    let nl = kata_sriov::netlink::RecordingNetlink::new();
+    let nl = kata_sriov::kernel::netlink::RecordingNetlink::new();
     let pf: kata_sriov::pci::IfName = "ens1f0".parse().unwrap();
     nl.add_pf(&pf, 1);
     nl.ignore_setting(VfSettingKind::Trust);

@@ -9,9 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kata_sriov::check::{self, Status};
-use kata_sriov::config::Config;
-use kata_sriov::configure::{self, KataWant, Target, RUNTIME_TYPE};
+use kata_sriov::admin::check::{self, Status};
+use kata_sriov::admin::configure::{self, KataWant, Target, RUNTIME_TYPE};
+use kata_sriov::policy::config::Config;
 
 /// containerd 1.6/1.7 style (version 2), as an admin would have it.
 const CONTAINERD_16: &str = r#"# /etc/containerd/config.toml: managed by hand, see containerd-config.toml(5)

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use kata_sriov::claim::Engine;
-use kata_sriov::config::Config;
-use kata_sriov::ledger::OwnerCheck;
-use kata_sriov::netlink::{RecordingNetlink, VfSettings};
-use kata_sriov::request::parse_request;
+use kata_sriov::engine::claim::Engine;
+use kata_sriov::kernel::netlink::{RecordingNetlink, VfSettings};
+use kata_sriov::policy::config::Config;
+use kata_sriov::policy::request::parse_request;
+use kata_sriov::state::ledger::OwnerCheck;
 use kata_sriov::testing::{FakeBinder, FakeSysfs};
 
 fn open_fds() -> usize {

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use kata_sriov::claim::Engine;
-use kata_sriov::config::Config;
-use kata_sriov::flow::{self, FlowError};
-use kata_sriov::ledger::OwnerCheck;
+use kata_sriov::engine::claim::Engine;
+use kata_sriov::integrations::flow::{self, FlowError};
+use kata_sriov::policy::config::Config;
+use kata_sriov::state::ledger::OwnerCheck;
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
 
 struct Host {

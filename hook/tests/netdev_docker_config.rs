@@ -10,9 +10,9 @@ use std::process::Command;
 
 use serde_json::json;
 
-use kata_sriov::claim::Engine;
-use kata_sriov::config::{Config, Mode};
-use kata_sriov::docker::Driver;
+use kata_sriov::engine::claim::Engine;
+use kata_sriov::integrations::docker::Driver;
+use kata_sriov::policy::config::{Config, Mode};
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
 
 fn configs() -> std::path::PathBuf {

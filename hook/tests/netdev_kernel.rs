@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 
-use kata_sriov::claim::Engine;
-use kata_sriov::config::Config;
-use kata_sriov::netdev;
+use kata_sriov::engine::claim::Engine;
+use kata_sriov::integrations::netdev;
+use kata_sriov::oci::spec::HookState;
 use kata_sriov::pci::PciAddress;
-use kata_sriov::spec::HookState;
+use kata_sriov::policy::config::Config;
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -10,7 +10,9 @@ use std::fs::File;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use kata_sriov::netlink::{apply_verified, KernelNetlink, NetlinkError, VfNetlink, VfSetting};
+use kata_sriov::kernel::netlink::{
+    apply_verified, KernelNetlink, NetlinkError, VfNetlink, VfSetting,
+};
 use kata_sriov::pci::{IfName, LinkState, MacAddr, Qos, VlanId, VlanProto};
 use kata_sriov::rtnl::Rtnl;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};

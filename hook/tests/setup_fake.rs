@@ -8,16 +8,16 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
-use kata_sriov::config::Config;
+use kata_sriov::admin::setup::{Setup, SetupReport};
 use kata_sriov::guestnet::L3Config;
-use kata_sriov::ledger::{now_secs, Lease, LeaseState, Ledger, OwnerCheck};
-use kata_sriov::netlink::{
+use kata_sriov::kernel::netlink::{
     Call, NetlinkError, RecordingNetlink, VfNetlink, VfSetting, VfSettingKind, VfSettings,
 };
+use kata_sriov::kernel::vfio::VfioError;
 use kata_sriov::pci::{IfName, MacAddr, PciAddress, VlanId};
-use kata_sriov::setup::{Setup, SetupReport};
+use kata_sriov::policy::config::Config;
+use kata_sriov::state::ledger::{now_secs, Lease, LeaseState, Ledger, OwnerCheck};
 use kata_sriov::testing::{FakeSysfs, FileNetlink};
-use kata_sriov::vfio::VfioError;
 
 /// FileNetlink plus the PF's `flags` file, which link_up sets like the kernel.
 struct Nl {
@@ -202,7 +202,7 @@ fn lease(lab: &Lab, index: u32) -> Lease {
     Lease {
         owner: "default/ctr1".into(),
         pool: "fast".into(),
-        mode: kata_sriov::config::Mode::Netdev,
+        mode: kata_sriov::policy::config::Mode::Netdev,
         pf: lab.pf,
         pf_netdev: Some(pf_if()),
         vf_index: index,

@@ -29,14 +29,14 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use slog::{error, info, warn, Logger};
 
-use kata_sriov::claim::Engine;
-use kata_sriov::config::Config;
-use kata_sriov::flow;
-use kata_sriov::ledger::OwnerCheck;
+use kata_sriov::engine::claim::Engine;
+use kata_sriov::integrations::flow;
+use kata_sriov::kernel::netlink::KernelNetlink;
+use kata_sriov::kernel::sysfs::SysfsRoot;
+use kata_sriov::kernel::vfio::SysfsBinder;
 use kata_sriov::log;
-use kata_sriov::netlink::KernelNetlink;
-use kata_sriov::sysfs::SysfsRoot;
-use kata_sriov::vfio::SysfsBinder;
+use kata_sriov::policy::config::Config;
+use kata_sriov::state::ledger::OwnerCheck;
 
 use args::ShimArgs;
 
@@ -146,7 +146,7 @@ fn refuse_late_dan(cfg: &Config, spec: &serde_json::Value, a: &ShimArgs) -> Resu
         (Some(ns), Some(sb)) => format!("{ns}/{sb}"),
         _ => String::new(),
     };
-    let held = kata_sriov::ledger::Ledger::open(&cfg.state_dir)?
+    let held = kata_sriov::state::ledger::Ledger::open(&cfg.state_dir)?
         .list()?
         .into_iter()
         .filter_map(|e| e.lease.ok())
@@ -154,7 +154,7 @@ fn refuse_late_dan(cfg: &Config, spec: &serde_json::Value, a: &ShimArgs) -> Resu
     if held {
         return Ok(());
     }
-    Err(kata_sriov::dan::DanError::NotSandbox(a.id.clone().unwrap_or_default()).into())
+    Err(kata_sriov::oci::dan::DanError::NotSandbox(a.id.clone().unwrap_or_default()).into())
 }
 
 /// `start`: claim, rewrite `config.json`, hand over. Returns only on failure,

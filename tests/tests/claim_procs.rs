@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::process::{Command, Output, Stdio};
 
-use kata_sriov::netlink::VfSettings;
+use kata_sriov::kernel::netlink::VfSettings;
 use kata_sriov_tests::FakeHost;
 
 const POOL: &str =

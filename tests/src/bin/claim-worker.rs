@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kata_sriov::claim::{ClaimError, Engine, Step};
-use kata_sriov::config::Config;
-use kata_sriov::request::parse_request;
+use kata_sriov::engine::claim::{ClaimError, Engine, Step};
+use kata_sriov::policy::config::Config;
+use kata_sriov::policy::request::parse_request;
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
 
 fn main() -> ExitCode {
@@ -95,7 +95,7 @@ fn run() -> Result<(), WorkerError> {
     match (*cmd, rest) {
         ("claim", [owner, request]) => {
             let reqs = parse_request(request).map_err(other)?;
-            let got = engine.claim(owner, &reqs, kata_sriov::ledger::this_process())?;
+            let got = engine.claim(owner, &reqs, kata_sriov::state::ledger::this_process())?;
             for c in got {
                 println!("{}", c.vf);
             }

@@ -15,14 +15,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use kata_sriov::claim::Engine;
-use kata_sriov::config::Config;
-use kata_sriov::ledger::OwnerCheck;
-use kata_sriov::netlink::{KernelNetlink, VfNetlink, VfSetting};
+use kata_sriov::engine::claim::Engine;
+use kata_sriov::kernel::netlink::{KernelNetlink, VfNetlink, VfSetting};
+use kata_sriov::kernel::sysfs::SysfsRoot;
+use kata_sriov::kernel::vfio::{DriverBinder, SysfsBinder, VFIO_PCI};
 use kata_sriov::pci::{IfName, MacAddr, PciAddress, Qos, VlanId, VlanProto};
-use kata_sriov::request::parse_request;
-use kata_sriov::sysfs::SysfsRoot;
-use kata_sriov::vfio::{DriverBinder, SysfsBinder, VFIO_PCI};
+use kata_sriov::policy::config::Config;
+use kata_sriov::policy::request::parse_request;
+use kata_sriov::state::ledger::OwnerCheck;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();

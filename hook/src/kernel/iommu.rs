@@ -7,8 +7,8 @@
 
 use std::fs;
 
+use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::pci::PciAddress;
-use crate::sysfs::{SysfsError, SysfsRoot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IommuError {

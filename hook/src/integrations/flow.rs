@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::atomic::{self, Place};
-use crate::claim::{ClaimError, ClaimedVf, Engine};
-use crate::config::{Config, GuestMode};
-use crate::dan::{self, DanError};
-use crate::ledger::OwnerCheck;
-use crate::request::{self, NetworkRequest, PoolName, RequestError};
-use crate::spec::{self, DeviceNode, SpecEdit, SpecError};
-use crate::vfio;
+use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
+use crate::kernel::vfio;
+use crate::oci::dan::{self, DanError};
+use crate::oci::spec::{self, DeviceNode, SpecEdit, SpecError};
+use crate::policy::config::{Config, GuestMode};
+use crate::policy::request::{self, NetworkRequest, PoolName, RequestError};
+use crate::state::atomic::{self, Place};
+use crate::state::ledger::OwnerCheck;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -99,7 +99,7 @@ pub fn spec_edit(cfg: &Config, owner: &str, claimed: &[ClaimedVf]) -> Result<Spe
     }
     let guest = claimed
         .iter()
-        .filter(|c| c.guest == GuestMode::Helper && c.mode == crate::config::Mode::Vfio)
+        .filter(|c| c.guest == GuestMode::Helper && c.mode == crate::policy::config::Mode::Vfio)
         .map(ClaimedVf::guest_network)
         .collect();
     let poststop = cfg.hook.poststop.then(|| {

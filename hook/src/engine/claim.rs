@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{Config, GuestMode, MacPolicy, Mode, Pool};
 use crate::guestnet::{GuestNetwork, L3Config};
-use crate::iommu::{self, IommuError};
-use crate::ledger::{self, Lease, LeaseState, Ledger, LedgerError, OwnerCheck};
-use crate::netlink::{self, NetlinkError, VfNetlink, VfSetting, VfSettings};
+use crate::kernel::iommu::{self, IommuError};
+use crate::kernel::netlink::{self, NetlinkError, VfNetlink, VfSetting, VfSettings};
+use crate::kernel::sysfs::{SysfsError, SysfsRoot};
+use crate::kernel::vfio::{self, DevNode, DriverBinder, VfioError, VFIO_PCI};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
-use crate::request::NetworkRequest;
-use crate::sysfs::{SysfsError, SysfsRoot};
-use crate::vfio::{self, DevNode, DriverBinder, VfioError, VFIO_PCI};
+use crate::policy::config::{Config, GuestMode, MacPolicy, Mode, Pool};
+use crate::policy::request::NetworkRequest;
+use crate::state::ledger::{self, Lease, LeaseState, Ledger, LedgerError, OwnerCheck};
 
 /// How long a claim waits for a free VF's own lock (held only briefly by a
 /// release that is finishing).
@@ -100,7 +100,7 @@ pub enum ClaimError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
-    Netdev(#[from] crate::netdev::NetdevError),
+    Netdev(#[from] crate::integrations::netdev::NetdevError),
 }
 
 /// What the spec and the guest need about one claimed VF.
@@ -681,13 +681,13 @@ impl<'a> Engine<'a> {
         // netdev mode: the VF's interface back home, under its own name,
         // before anything else changes the VF.
         if let (Mode::Netdev, Some(mv)) = (lease.mode, &lease.netdev_move) {
-            crate::netdev::return_to_host(
+            crate::integrations::netdev::return_to_host(
                 &self.sysfs,
                 &self.proc_root,
                 lease.vf,
                 lease.mac,
                 mv,
-                wait.max(crate::netdev::RETURN_WAIT_MIN),
+                wait.max(crate::integrations::netdev::RETURN_WAIT_MIN),
             )?;
         }
         let driver = self.sysfs.driver(lease.vf)?;
@@ -822,7 +822,7 @@ fn host_macs(sysfs: &SysfsRoot) -> Vec<MacAddr> {
     };
     rd.flatten()
         .filter_map(|e| {
-            crate::sysfs::read_attr(&e.path().join("address"))
+            crate::kernel::sysfs::read_attr(&e.path().join("address"))
                 .ok()?
                 .parse()
                 .ok()

@@ -173,7 +173,7 @@ pub enum RequestError {
     },
 }
 
-use crate::spec::json_kind as kind;
+use crate::oci::spec::json_kind as kind;
 
 /// Parses and validates a request value (the annotation's string).
 pub fn parse_request(text: &str) -> Result<Vec<NetworkRequest>, RequestError> {

@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::guestnet::{
     validate_guest_networks, GuestNetError, GuestNetwork, GUEST_ANNOTATION, MAX_GUEST_JSON,
 };
-use crate::request::OWNER_ANNOTATION;
+use crate::policy::request::OWNER_ANNOTATION;
 
 /// The VFIO container node every VFIO user needs besides its group node.
 pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
@@ -990,7 +990,7 @@ mod tests {
             let (key_re, value_re) = ann.iter().next().unwrap();
             assert_eq!(
                 literal_of_anchored_regex(key_re).as_deref(),
-                Some(crate::request::REQUEST_ANNOTATION),
+                Some(crate::policy::request::REQUEST_ANNOTATION),
                 "{key_re}"
             );
             assert_eq!(value_re, ".*");

@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::netlink::VfSetting;
+use crate::kernel::netlink::VfSetting;
 use crate::pci::{LinkState, MacAddr, Qos, VlanId, VlanProto};
-use crate::request::PoolName;
+use crate::policy::request::PoolName;
 
 pub const DEFAULT_PATH: &str = "/etc/kata-sriov/config.toml";
 pub const ENV_PATH: &str = "KATA_SRIOV_CONFIG";

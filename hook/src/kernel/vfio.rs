@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::pci::PciAddress;
-use crate::sysfs::{SysfsError, SysfsRoot};
 
 pub const VFIO_PCI: &str = "vfio-pci";
 
@@ -142,7 +142,7 @@ impl DriverBinder for SysfsBinder {
         // there; a host driver does not need one.
         let want_override = driver == Some(VFIO_PCI);
         let has_override = !matches!(
-            crate::sysfs::read_attr(&over).as_deref(),
+            crate::kernel::sysfs::read_attr(&over).as_deref(),
             Ok("(null)") | Ok("")
         );
         if !want_override && has_override {

@@ -5,7 +5,7 @@
 //! files): the kernel command line (`/proc/cmdline`), the kernel release
 //! (`/proc/sys/kernel/osrelease`) and its module tree (`/lib/modules/<release>`),
 //! under the sysfs root `kernel/iommu_groups/`, `bus/pci/drivers/vfio-pci`,
-//! the pools' PFs and VFs (through [`crate::sysfs`] and [`crate::iommu`]),
+//! the pools' PFs and VFs (through [`crate::kernel::sysfs`] and [`crate::kernel::iommu`]),
 //! the state directory's metadata, `$PATH`, Kata's `configuration.toml`
 //! and containerd's `config.toml`. Writes nothing.
 //!
@@ -34,11 +34,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use toml_edit::{DocumentMut, Item};
 
-use crate::config::{Config, GuestMode, Mode};
-use crate::configure::{self, KataFlavor};
-use crate::iommu::{self, IommuError};
-use crate::sysfs::{SysfsError, SysfsRoot};
-use crate::vfio::VFIO_PCI;
+use crate::admin::configure::{self, KataFlavor};
+use crate::kernel::iommu::{self, IommuError};
+use crate::kernel::sysfs::{SysfsError, SysfsRoot};
+use crate::kernel::vfio::VFIO_PCI;
+use crate::policy::config::{Config, GuestMode, Mode};
 
 /// The version of the JSON report's layout.
 pub const REPORT_VERSION: u32 = 1;
@@ -308,7 +308,7 @@ pub fn check_vfio(root: &SysfsRoot, modules_dir: &Path, needed: bool) -> CheckRe
 }
 
 /// The PF's checks: existence/SR-IOV, VF count, IOMMU isolation.
-fn check_pf(root: &SysfsRoot, pool: &crate::config::Pool, pf: &str) -> Vec<CheckResult> {
+fn check_pf(root: &SysfsRoot, pool: &crate::policy::config::Pool, pf: &str) -> Vec<CheckResult> {
     let base = format!("pool.{}", pool.name);
     let id = |what: &str| format!("{base}.{what}.{pf}");
     let mut out = Vec::new();

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::atomic::{self, Place};
-use crate::claim::ClaimedVf;
+use crate::engine::claim::ClaimedVf;
+use crate::state::atomic::{self, Place};
 
 /// MTU written when neither the request nor the pool sets one.
 pub const DEFAULT_MTU: u32 = 1500;
@@ -167,8 +167,8 @@ pub fn write(path: &Path, doc: &Value, ours: bool) -> Result<(), DanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{GuestMode, Mode};
     use crate::guestnet::{L3Config, Route};
+    use crate::policy::config::{GuestMode, Mode};
 
     fn vf(addr: &str, mac: Option<&str>, l3: L3Config) -> ClaimedVf {
         ClaimedVf {

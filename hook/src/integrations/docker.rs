@@ -39,14 +39,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use slog::{info, warn, Logger};
 
-use crate::atomic::{self, Place};
-use crate::claim::{ClaimError, Engine};
-use crate::config::{MacPolicy, Mode, Pool};
+use crate::engine::claim::{ClaimError, Engine};
 use crate::guestnet::{IpCidr, L3Config};
 use crate::ifconf::IfConf;
-use crate::ledger::{self, Lease, LedgerError, NetdevMove, OwnerCheck};
 use crate::pci::{IfName, MacAddr};
-use crate::request::{NetworkRequest, PoolName};
+use crate::policy::config::{MacPolicy, Mode, Pool};
+use crate::policy::request::{NetworkRequest, PoolName};
+use crate::state::atomic::{self, Place};
+use crate::state::ledger::{self, Lease, LedgerError, NetdevMove, OwnerCheck};
 
 /// The default socket: the driver is named `kata-sriov`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/kata-sriov.sock";

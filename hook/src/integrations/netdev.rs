@@ -33,15 +33,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::claim::{ClaimError, ClaimedVf, Engine};
-use crate::config::Mode;
-use crate::flow::{self, FlowError};
+use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
 use crate::ifconf::{IfConf, IfconfError, Link};
-use crate::ledger::{self, LedgerError, NetdevMove, OwnerCheck};
+use crate::integrations::flow::{self, FlowError};
+use crate::kernel::sysfs::{SysfsError, SysfsRoot};
+use crate::oci::spec::{HookState, MAX_OWNER};
 use crate::pci::{IfName, MacAddr, PciAddress};
-use crate::request::OWNER_ANNOTATION;
-use crate::spec::{HookState, MAX_OWNER};
-use crate::sysfs::{SysfsError, SysfsRoot};
+use crate::policy::config::Mode;
+use crate::policy::request::OWNER_ANNOTATION;
+use crate::state::ledger::{self, LedgerError, NetdevMove, OwnerCheck};
 
 /// Where named network namespaces are bind-mounted (`ip netns`, CNI).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -484,8 +484,8 @@ fn try_return(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::GuestMode;
     use crate::guestnet::L3Config;
+    use crate::policy::config::GuestMode;
 
     fn vf(name: Option<&str>) -> ClaimedVf {
         ClaimedVf {
@@ -527,7 +527,7 @@ mod tests {
 
     #[test]
     fn owner_comes_from_the_annotation_else_the_id() {
-        let mut st = crate::spec::parse_state(br#"{"id":"c1","pid":5}"#).unwrap();
+        let mut st = crate::oci::spec::parse_state(br#"{"id":"c1","pid":5}"#).unwrap();
         assert_eq!(hook_owner(&st).unwrap(), "c1");
         st.annotations
             .insert(OWNER_ANNOTATION.into(), serde_json::json!("default/c1"));

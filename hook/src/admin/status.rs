@@ -14,12 +14,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::claim::ClaimError;
-use crate::config::Config;
-use crate::ledger::{Lease, LeaseState, Ledger};
-use crate::netlink::{VfNetlink, VfSettings};
+use crate::engine::claim::ClaimError;
+use crate::kernel::netlink::{VfNetlink, VfSettings};
+use crate::kernel::sysfs::SysfsRoot;
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
-use crate::sysfs::SysfsRoot;
+use crate::policy::config::Config;
+use crate::state::ledger::{Lease, LeaseState, Ledger};
 
 #[derive(Debug, Serialize)]
 pub struct LeaseSummary {

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{self, Place};
-use crate::config::Mode;
 use crate::guestnet::L3Config;
-use crate::netlink::{VfSetting, VfSettings};
+use crate::kernel::netlink::{VfSetting, VfSettings};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
+use crate::policy::config::Mode;
+use crate::state::atomic::{self, Place};
 
 /// Largest lease file read.
 const MAX_LEASE: u64 = 256 * 1024;

@@ -44,7 +44,7 @@ use std::str::FromStr;
 
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
-use crate::config::{Config, GuestMode};
+use crate::policy::config::{Config, GuestMode};
 
 /// The runtime name every engine gets.
 pub const RUNTIME_NAME: &str = "kata-sriov";
@@ -68,8 +68,8 @@ pub const KATA_DAN_DIR: &str = "/run/kata-containers/dans";
 /// Suffix of the backup kept beside an edited file.
 pub const BACKUP_SUFFIX: &str = ".kata-sriov.bak";
 
-const PRECREATE_HOOK: &str = include_str!("../../configs/hooks.d/kata-sriov-precreate.json");
-const POSTSTOP_HOOK: &str = include_str!("../../configs/hooks.d/kata-sriov-poststop.json");
+const PRECREATE_HOOK: &str = include_str!("../../../configs/hooks.d/kata-sriov-precreate.json");
+const POSTSTOP_HOOK: &str = include_str!("../../../configs/hooks.d/kata-sriov-poststop.json");
 
 /// Largest file this edits.
 const MAX_FILE: u64 = 4 << 20;

@@ -29,13 +29,13 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
-use crate::claim::generate_mac;
-use crate::config::{Config, GuestMode, MacPolicy, Mode};
-use crate::ledger::{Ledger, LedgerError};
-use crate::netlink::{apply_verified, VfNetlink, VfSetting, VfSettings};
+use crate::engine::claim::generate_mac;
+use crate::kernel::netlink::{apply_verified, VfNetlink, VfSetting, VfSettings};
+use crate::kernel::sysfs::{read_attr, SysfsRoot};
+use crate::kernel::vfio::{self, VfioError, VFIO_PCI};
 use crate::pci::{IfName, MacAddr, PciAddress, Qos, VlanId, VlanProto};
-use crate::sysfs::{read_attr, SysfsRoot};
-use crate::vfio::{self, VfioError, VFIO_PCI};
+use crate::policy::config::{Config, GuestMode, MacPolicy, Mode};
+use crate::state::ledger::{Ledger, LedgerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

@@ -1,0 +1,6 @@
+//! Layer 6, integrations: the shim's flow, the hook modes, netdev mode and
+//! the Docker network driver, each over the engine.
+
+pub mod docker;
+pub mod flow;
+pub mod netdev;

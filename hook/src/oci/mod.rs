@@ -1,0 +1,4 @@
+//! Layer 5, OCI: pure spec edits, hook state, and Kata's DAN file.
+
+pub mod dan;
+pub mod spec;
