@@ -9,10 +9,9 @@
 use std::path::Path;
 
 use kata_sriov::guestnet::{GuestNetwork, L3Config};
-use kata_sriov::oci::spec::{
-    apply, check_spec, default_poststop, parse_spec, parse_state, DeviceNode, SpecEdit,
-    VFIO_CONTAINER,
-};
+use kata_sriov::integrations::hooks::default_poststop;
+use kata_sriov::oci::spec::{apply, check_spec, parse_spec, DeviceNode, SpecEdit, VFIO_CONTAINER};
+use kata_sriov::oci::state::parse_state;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

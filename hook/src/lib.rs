@@ -7,6 +7,7 @@ pub mod engine;
 pub mod guestnet;
 pub mod ifconf;
 pub mod integrations;
+pub mod json;
 pub mod kernel;
 pub mod log;
 pub mod oci;

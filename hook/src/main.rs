@@ -14,13 +14,14 @@ use slog::{info, Logger};
 use kata_sriov::admin::status;
 use kata_sriov::engine::claim::Engine;
 use kata_sriov::integrations::flow;
+use kata_sriov::json::MAX_INPUT_BYTES;
 use kata_sriov::kernel::netlink::KernelNetlink;
 use kata_sriov::kernel::sysfs::SysfsRoot;
 use kata_sriov::kernel::vfio::SysfsBinder;
 use kata_sriov::log;
-use kata_sriov::oci::spec::{self, MAX_OWNER};
+use kata_sriov::oci::{spec, state};
 use kata_sriov::policy::config::Config;
-use kata_sriov::policy::request::OWNER_ANNOTATION;
+use kata_sriov::policy::owner;
 use kata_sriov::state::ledger::{Ledger, OwnerCheck};
 
 #[derive(Parser)]
@@ -210,20 +211,10 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A fresh owner token for precreate, which sees no container id.
-fn new_owner() -> String {
-    let mut b = [0u8; 12];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("precreate/{hex}")
-}
-
 fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
     let mut input = Vec::new();
     std::io::stdin()
-        .take(spec::MAX_INPUT_BYTES as u64 + 1)
+        .take(MAX_INPUT_BYTES as u64 + 1)
         .read_to_end(&mut input)
         .context("reading config.json from stdin")?;
     let mut spec = spec::parse_spec(&input)?;
@@ -236,7 +227,7 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
-    let owner = new_owner();
+    let owner = owner::generate("precreate")?;
     let claimed = flow::claim_into_spec(&engine, &mut spec, &owner, OwnerCheck::None)?;
     let vfs: Vec<String> = claimed
         .iter()
@@ -254,7 +245,7 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
 }
 
 fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
-    let state = spec::read_state(std::io::stdin().lock())?;
+    let state = state::read_state(std::io::stdin().lock())?;
     let Some(bundle) = &state.bundle else {
         return Ok(());
     };
@@ -284,14 +275,8 @@ fn docker_plugin(cfg: &Config, socket: &std::path::Path) -> Result<()> {
 }
 
 fn poststop(cfg: &Config, logger: &Logger) -> Result<()> {
-    let state = spec::read_state(std::io::stdin().lock())?;
-    let owner = match state.annotations.get(OWNER_ANNOTATION) {
-        None => state.id.clone(),
-        Some(v) => match v.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= MAX_OWNER => s.to_owned(),
-            _ => bail!("annotation {OWNER_ANNOTATION}: must be a non-empty string of at most {MAX_OWNER} bytes"),
-        },
-    };
+    let state = state::read_state(std::io::stdin().lock())?;
+    let owner = owner::from_state(&state.annotations, &state.id)?;
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
     let done = engine.release(&owner)?;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use kata_sriov::engine::claim::Engine;
 use kata_sriov::integrations::netdev;
-use kata_sriov::oci::spec::HookState;
+use kata_sriov::oci::state::HookState;
 use kata_sriov::pci::PciAddress;
 use kata_sriov::policy::config::Config;
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};

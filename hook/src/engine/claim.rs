@@ -100,7 +100,7 @@ pub enum ClaimError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
-    Netdev(#[from] crate::integrations::netdev::NetdevError),
+    Netns(#[from] crate::kernel::netns::NetnsError),
 }
 
 /// What the spec and the guest need about one claimed VF.
@@ -681,13 +681,13 @@ impl<'a> Engine<'a> {
         // netdev mode: the VF's interface back home, under its own name,
         // before anything else changes the VF.
         if let (Mode::Netdev, Some(mv)) = (lease.mode, &lease.netdev_move) {
-            crate::integrations::netdev::return_to_host(
+            crate::kernel::netns::return_to_host(
                 &self.sysfs,
                 &self.proc_root,
                 lease.vf,
                 lease.mac,
                 mv,
-                wait.max(crate::integrations::netdev::RETURN_WAIT_MIN),
+                wait.max(crate::kernel::netns::RETURN_WAIT_MIN),
             )?;
         }
         let driver = self.sysfs.driver(lease.vf)?;

@@ -103,7 +103,8 @@ pub fn spec_edit(cfg: &Config, owner: &str, claimed: &[ClaimedVf]) -> Result<Spe
         .map(ClaimedVf::guest_network)
         .collect();
     let poststop = cfg.hook.poststop.then(|| {
-        let mut h = spec::default_poststop(&cfg.hook.binary, cfg.source.as_deref());
+        let mut h =
+            crate::integrations::hooks::default_poststop(&cfg.hook.binary, cfg.source.as_deref());
         h.timeout = Some(cfg.hook.timeout);
         h
     });

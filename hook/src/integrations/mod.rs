@@ -3,4 +3,5 @@
 
 pub mod docker;
 pub mod flow;
+pub mod hooks;
 pub mod netdev;

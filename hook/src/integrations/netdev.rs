@@ -5,48 +5,24 @@
 //! host namespace under its original name.
 //!
 //! Kernel interfaces: rtnetlink through [`IfConf`] in the host namespace and
-//! in the container's (`/proc/<pid>/ns/net`, named namespaces under
-//! `/run/netns`); `IFLA_NET_NS_FD` moves; the VF's `net/` directory in sysfs
-//! (through [`SysfsRoot::netdevs`]) to find its interface in the host
-//! namespace. Sysfs shows only the interfaces of the namespace it was
-//! mounted in, so a VF whose interface is elsewhere has an empty `net/`.
-//!
-//! Where a netdev may be when it is released, searched in this order:
-//! 1. in the host namespace under a name the VF's sysfs `net/` lists: the
-//!    kernel moves a physical interface back to the initial namespace by
-//!    itself when the container's namespace is destroyed, renamed `devN`
-//!    when its name is taken there; Docker moves it back itself;
-//! 2. in the namespace of the pid recorded at the move, when that process
-//!    is still alive (a rollback, a manual release of a running container);
-//! 3. in a named namespace under `/run/netns` (the namespace of a container
-//!    that joined a pre-created one, as CNI setups do), which outlives the
-//!    container.
-//!
-//! Outside the host namespace an interface is taken only when both its name
-//! and its MAC (recorded in the lease at the move) match. The search is
-//! repeated until a deadline, since the kernel returns interfaces from a
-//! dying namespace asynchronously.
+//! in the container's (`/proc/<pid>/ns/net`); the move and the way back
+//! live in [`crate::kernel::netns`].
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
 use crate::ifconf::{IfConf, IfconfError, Link};
 use crate::integrations::flow::{self, FlowError};
-use crate::kernel::sysfs::{SysfsError, SysfsRoot};
-use crate::oci::spec::{HookState, MAX_OWNER};
+use crate::kernel::netns::{find_named, ns_id, open_pid_netns, own_netns, NetnsError};
+use crate::kernel::sysfs::SysfsError;
+use crate::oci::state::HookState;
 use crate::pci::{IfName, MacAddr, PciAddress};
 use crate::policy::config::Mode;
-use crate::policy::request::OWNER_ANNOTATION;
+use crate::policy::owner::{self, OwnerError};
 use crate::state::ledger::{self, LedgerError, NetdevMove, OwnerCheck};
 
-/// Where named network namespaces are bind-mounted (`ip netns`, CNI).
-pub const NETNS_RUN_DIR: &str = "/run/netns";
-/// The least time a release waits for a VF's interface to come back.
-pub const RETURN_WAIT_MIN: Duration = Duration::from_secs(5);
 /// How long to wait for a VF's own lock when recording a move.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -58,19 +34,10 @@ pub enum NetdevError {
     Sysfs(#[from] SysfsError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{vf}: its network interface ({name}) is in no namespace this host can reach after {waited:?} (searched the host, pid {pid:?} and {NETNS_RUN_DIR}); the lease stays for `kata-sriov gc`")]
-    NotFound {
-        vf: PciAddress,
-        name: String,
-        pid: Option<u32>,
-        waited: Duration,
-    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
     #[error("{vf}: has no network interface on the host (is its driver loaded?)")]
     NoNetdev { vf: PciAddress },
     #[error("pid {pid} is in the host's own network namespace; netdev mode needs a container with its own network namespace")]
@@ -119,29 +86,10 @@ pub struct Attached {
     pub mac: Option<MacAddr>,
 }
 
-fn io_err<'p>(
-    what: &'static str,
-    path: &'p Path,
-) -> impl FnOnce(std::io::Error) -> NetdevError + 'p {
-    move |source| NetdevError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// The owner token a hook records leases under: the owner annotation of the
 /// state, else the state's id (the same rule as poststop's).
 pub fn hook_owner(state: &HookState) -> Result<String, NetdevError> {
-    match state.annotations.get(OWNER_ANNOTATION) {
-        None => Ok(state.id.clone()),
-        Some(v) => match v.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= MAX_OWNER => Ok(s.to_owned()),
-            _ => Err(NetdevError::Invalid(format!(
-                "annotation {OWNER_ANNOTATION}: must be a non-empty string of at most {MAX_OWNER} bytes"
-            ))),
-        },
-    }
+    Ok(owner::from_state(&state.annotations, &state.id)?)
 }
 
 /// Container-side names for claimed VFs: the requested name, else `net1`,
@@ -167,22 +115,6 @@ pub fn container_names(claimed: &[ClaimedVf]) -> Result<Vec<IfName>, NetdevError
         }
     }
     Ok(out)
-}
-
-/// The network namespace of a process, opened.
-fn open_pid_netns(proc_root: &Path, pid: u32) -> Result<File, NetdevError> {
-    let p = proc_root.join(pid.to_string()).join("ns/net");
-    File::open(&p).map_err(io_err("opening the network namespace", &p))
-}
-
-/// (st_dev, st_ino) of a namespace file: equal pairs are the same namespace.
-fn ns_id(f: &File) -> Option<(u64, u64)> {
-    f.metadata().ok().map(|m| (m.dev(), m.ino()))
-}
-
-fn own_netns() -> Result<File, NetdevError> {
-    let p = Path::new("/proc/thread-self/ns/net");
-    File::open(p).map_err(io_err("opening", p))
 }
 
 /// The create-runtime hook for netdev pools: claims what the bundle's
@@ -247,8 +179,8 @@ fn attach_all(
         .cloned()
         .collect();
     let names = container_names(&netdev)?;
-    let target = open_pid_netns(&engine.proc_root, pid)?;
-    let own = own_netns()?;
+    let target = open_pid_netns(&engine.proc_root, pid).map_err(NetdevError::from)?;
+    let own = own_netns().map_err(NetdevError::from)?;
     if ns_id(&target).is_some() && ns_id(&target) == ns_id(&own) {
         return Err(NetdevError::HostNamespace { pid }.into());
     }
@@ -326,17 +258,6 @@ fn attach(
     })
 }
 
-/// A link named `name` whose MAC is `mac` (any MAC when `mac` is None).
-fn find_named(
-    ifc: &IfConf,
-    name: &IfName,
-    mac: Option<MacAddr>,
-) -> Result<Option<Link>, IfconfError> {
-    Ok(ifc
-        .link_by_name(name.as_str())?
-        .filter(|l| mac.is_none() || l.mac == mac))
-}
-
 /// MAC, MTU, up, addresses, routes and default route of a moved interface.
 fn configure(
     ifc: &IfConf,
@@ -370,122 +291,12 @@ fn configure(
     Ok(())
 }
 
-/// Brings a VF's interface back into the calling thread's (the host's)
-/// namespace under `mv.host_name`, wherever it is (see the module docs),
-/// waiting up to `wait` for it to appear. A VF with no driver has no
-/// interface: nothing to do.
-pub fn return_to_host(
-    sysfs: &SysfsRoot,
-    proc_root: &Path,
-    vf: PciAddress,
-    mac: Option<MacAddr>,
-    mv: &NetdevMove,
-    wait: Duration,
-) -> Result<(), NetdevError> {
-    if sysfs.driver(vf)?.is_none() {
-        return Ok(());
-    }
-    let host = IfConf::open()?;
-    let own = own_netns()?;
-    let start = Instant::now();
-    loop {
-        if try_return(sysfs, proc_root, &host, &own, vf, mac, mv)? {
-            return Ok(());
-        }
-        if start.elapsed() >= wait {
-            return Err(NetdevError::NotFound {
-                vf,
-                name: format!("{} / {}", mv.host_name, mv.container_name),
-                pid: mv.netns_pid,
-                waited: wait,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Puts back the MTU the netdev had on the host before the claim.
-fn restore_mtu(host: &IfConf, mv: &NetdevMove) -> Result<(), NetdevError> {
-    let Some(mtu) = mv.original_mtu else {
-        return Ok(());
-    };
-    if let Some(l) = host.link_by_name(mv.host_name.as_str())? {
-        if l.mtu != mtu {
-            host.set_mtu(l.index, mtu)?;
-        }
-    }
-    Ok(())
-}
-
-/// One search; true when the interface is back under its host name.
-fn try_return(
-    sysfs: &SysfsRoot,
-    proc_root: &Path,
-    host: &IfConf,
-    own: &File,
-    vf: PciAddress,
-    mac: Option<MacAddr>,
-    mv: &NetdevMove,
-) -> Result<bool, NetdevError> {
-    // 1. In the host namespace, under a name the VF's sysfs lists.
-    for n in sysfs.netdevs(vf)? {
-        if let Some(l) = host.link_by_name(n.as_str())? {
-            if n != mv.host_name {
-                if l.up {
-                    host.set_up(l.index, false)?;
-                }
-                host.set_name(l.index, &mv.host_name)?;
-            }
-            restore_mtu(host, mv)?;
-            return Ok(true);
-        }
-    }
-    // Elsewhere, only an interface with the recorded MAC is ours.
-    let Some(mac) = mac else {
-        return Ok(false);
-    };
-    let own_id = ns_id(own);
-    let mut candidates: Vec<File> = Vec::new();
-    if let Some(pid) = mv.netns_pid {
-        if let Ok(f) = open_pid_netns(proc_root, pid) {
-            candidates.push(f);
-        }
-    }
-    if let Ok(rd) = std::fs::read_dir(NETNS_RUN_DIR) {
-        for e in rd.flatten() {
-            if let Ok(f) = File::open(e.path()) {
-                candidates.push(f);
-            }
-        }
-    }
-    let mut seen = vec![own_id];
-    for ns in candidates {
-        let id = ns_id(&ns);
-        if id.is_none() || seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
-        // A namespace file that is not a namespace (a stale mount point)
-        // cannot be entered: skip it.
-        let Ok(inner) = IfConf::open_in_netns(ns.as_fd()) else {
-            continue;
-        };
-        for name in [&mv.container_name, &mv.host_name] {
-            if let Some(l) = find_named(&inner, name, Some(mac))? {
-                inner.move_to_netns(l.index, own.as_fd(), Some(&mv.host_name))?;
-                restore_mtu(host, mv)?;
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::guestnet::L3Config;
     use crate::policy::config::GuestMode;
+    use crate::policy::owner::OWNER_ANNOTATION;
 
     fn vf(name: Option<&str>) -> ClaimedVf {
         ClaimedVf {
@@ -527,7 +338,7 @@ mod tests {
 
     #[test]
     fn owner_comes_from_the_annotation_else_the_id() {
-        let mut st = crate::oci::spec::parse_state(br#"{"id":"c1","pid":5}"#).unwrap();
+        let mut st = crate::oci::state::parse_state(br#"{"id":"c1","pid":5}"#).unwrap();
         assert_eq!(hook_owner(&st).unwrap(), "c1");
         st.annotations
             .insert(OWNER_ANNOTATION.into(), serde_json::json!("default/c1"));

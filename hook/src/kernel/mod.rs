@@ -4,5 +4,7 @@
 
 pub mod iommu;
 pub mod netlink;
+pub mod netns;
+pub mod random;
 pub mod sysfs;
 pub mod vfio;

@@ -2,3 +2,4 @@
 
 pub mod dan;
 pub mod spec;
+pub mod state;

@@ -19,15 +19,14 @@
 //! On error the spec is left unchanged.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::guestnet::{
     validate_guest_networks, GuestNetError, GuestNetwork, GUEST_ANNOTATION, MAX_GUEST_JSON,
 };
-use crate::policy::request::OWNER_ANNOTATION;
+use crate::json::{kind, read_limited, MAX_INPUT_BYTES};
+use crate::policy::owner::{MAX_OWNER, OWNER_ANNOTATION};
 
 /// The VFIO container node every VFIO user needs besides its group node.
 pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
@@ -35,22 +34,6 @@ pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 pub const VFIO_DIR: &str = "/dev/vfio/";
 /// Mode of the device nodes created in the container (0660).
 pub const DEVICE_FILE_MODE: u32 = 0o660;
-/// The only environment of the injected hook: nothing is inherited from
-/// the runtime or the container (CVE-2025-23266 came from an inherited
-/// `LD_PRELOAD`).
-pub const HOOK_ENV_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Timeout of the injected poststop hook, in seconds.
-pub const POSTSTOP_TIMEOUT_SECS: u32 = 60;
-/// `argv[0]` of the hooks.
-pub const BINARY_NAME: &str = "kata-sriov";
-/// Where the packaged binary is installed (`configs/hooks.d` points here).
-pub const INSTALLED_BINARY: &str = "/usr/local/bin/kata-sriov";
-/// The `kata-sriov hook <mode>` modes.
-pub const HOOK_MODES: [&str; 3] = ["precreate", "create-runtime", "poststop"];
-/// Largest hook state or `config.json` read from stdin, in bytes.
-pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
-/// Longest owner token written into the spec.
-pub const MAX_OWNER: usize = 512;
 
 /// A character device node to expose in the container: `/dev/vfio/N` or
 /// `/dev/vfio/vfio`, with the numbers of the real node on the host.
@@ -135,36 +118,6 @@ pub enum SpecError {
     Guest(#[from] GuestNetError),
 }
 
-/// What kind of JSON value `v` is, for error messages ("a string").
-pub(crate) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The poststop hook that releases a container's VFs: this binary, with a
-/// fixed `PATH` as its whole environment and a timeout.
-pub fn default_poststop(binary: &Path, config: Option<&Path>) -> HookEntry {
-    let mut args = vec![BINARY_NAME.to_owned()];
-    if let Some(c) = config {
-        args.push("--config".to_owned());
-        args.push(c.to_string_lossy().into_owned());
-    }
-    args.push("hook".to_owned());
-    args.push("poststop".to_owned());
-    HookEntry {
-        path: binary.to_string_lossy().into_owned(),
-        args,
-        env: vec![HOOK_ENV_PATH.to_owned()],
-        timeout: Some(POSTSTOP_TIMEOUT_SECS),
-    }
-}
-
 /// Reads a `config.json` (at most [`MAX_INPUT_BYTES`]) into a value whose
 /// root is an object.
 pub fn read_spec<R: Read>(r: R) -> Result<Value, SpecError> {
@@ -180,15 +133,9 @@ pub fn parse_spec(bytes: &[u8]) -> Result<Value, SpecError> {
     }
     let v: Value = serde_json::from_slice(bytes).map_err(SpecError::Json)?;
     if !v.is_object() {
-        return Err(SpecError::NotObject(json_kind(&v)));
+        return Err(SpecError::NotObject(kind(&v)));
     }
     Ok(v)
-}
-
-fn read_limited<R: Read>(r: R) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    r.take(MAX_INPUT_BYTES as u64 + 1).read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 /// The object at `key`, when present and not null.
@@ -204,7 +151,7 @@ fn field<'a>(
         Some(v @ Value::Array(_)) if !want_object => Ok(Some(v)),
         Some(v) => Err(SpecError::WrongType {
             field: name,
-            found: json_kind(v),
+            found: kind(v),
             expected: if want_object { "an object" } else { "an array" },
         }),
     }
@@ -215,7 +162,7 @@ fn field<'a>(
 /// malformed spec is refused before any VF is taken.
 pub fn check_spec(spec: &Value) -> Result<(), SpecError> {
     let Value::Object(root) = spec else {
-        return Err(SpecError::NotObject(json_kind(spec)));
+        return Err(SpecError::NotObject(kind(spec)));
     };
     if let Some(Value::Object(linux)) = field(root, "linux", "linux", true)? {
         field(linux, "devices", "linux.devices", false)?;
@@ -307,7 +254,7 @@ fn object_at<'a>(
         Value::Object(o) => Ok(o),
         other => Err(SpecError::WrongType {
             field: name,
-            found: json_kind(other),
+            found: kind(other),
             expected: "an object",
         }),
     }
@@ -327,7 +274,7 @@ fn array_at<'a>(
         Value::Array(a) => Ok(a),
         other => Err(SpecError::WrongType {
             field: name,
-            found: json_kind(other),
+            found: kind(other),
             expected: "an array",
         }),
     }
@@ -354,7 +301,7 @@ pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
     // Edit a copy: whatever happens below, `spec` changes all at once or not at all.
     let mut work = spec.clone();
     let Value::Object(root) = &mut work else {
-        return Err(SpecError::NotObject(json_kind(spec)));
+        return Err(SpecError::NotObject(kind(spec)));
     };
 
     if !devices.is_empty() {
@@ -397,71 +344,6 @@ pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
     }
     *spec = work;
     Ok(())
-}
-
-/// The state a runtime passes to a hook on stdin. Parsed leniently: Kata's
-/// host hooks get only `pid`, `bundle`, `id` and `annotations` (no
-/// `ociVersion`, no `status`), and their `id` is the sandbox id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HookState {
-    pub id: String,
-    pub pid: Option<i64>,
-    pub bundle: Option<PathBuf>,
-    pub annotations: Map<String, Value>,
-    pub status: Option<String>,
-    pub oci_version: Option<String>,
-}
-
-/// Why a hook state was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("hook state: {0} bytes is over the {MAX_INPUT_BYTES}-byte limit")]
-    TooLarge(usize),
-    #[error("hook state: cannot read: {0}")]
-    Read(std::io::Error),
-    #[error("hook state: malformed JSON: {0}")]
-    Json(serde_json::Error),
-    #[error("hook state: \"id\" is missing or empty")]
-    MissingId,
-}
-
-#[derive(Deserialize)]
-struct RawState {
-    #[serde(rename = "ociVersion")]
-    oci_version: Option<String>,
-    id: Option<String>,
-    status: Option<String>,
-    pid: Option<i64>,
-    bundle: Option<String>,
-    annotations: Option<Map<String, Value>>,
-}
-
-/// Parses a hook state (at most [`MAX_INPUT_BYTES`]). Unknown fields are
-/// ignored, `id` is required, everything else is optional.
-pub fn parse_state(bytes: &[u8]) -> Result<HookState, StateError> {
-    if bytes.len() > MAX_INPUT_BYTES {
-        return Err(StateError::TooLarge(bytes.len()));
-    }
-    let raw: RawState = serde_json::from_slice(bytes).map_err(StateError::Json)?;
-    let id = raw
-        .id
-        .filter(|s| !s.is_empty())
-        .ok_or(StateError::MissingId)?;
-    Ok(HookState {
-        id,
-        pid: raw.pid,
-        bundle: raw.bundle.filter(|b| !b.is_empty()).map(PathBuf::from),
-        annotations: raw.annotations.unwrap_or_default(),
-        status: raw.status,
-        oci_version: raw.oci_version,
-    })
-}
-
-/// Reads and parses a hook state from `r` (stdin), reading at most one
-/// byte over the limit.
-pub fn read_state<R: Read>(r: R) -> Result<HookState, StateError> {
-    let bytes = read_limited(r).map_err(StateError::Read)?;
-    parse_state(&bytes)
 }
 
 #[cfg(test)]
@@ -554,7 +436,16 @@ mod tests {
                     ..L3Config::default()
                 },
             }],
-            poststop: Some(default_poststop(Path::new(INSTALLED_BINARY), None)),
+            poststop: Some(HookEntry {
+                path: "/usr/local/bin/kata-sriov".into(),
+                args: ["kata-sriov", "hook", "poststop"]
+                    .map(String::from)
+                    .to_vec(),
+                env: vec![
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ],
+                timeout: Some(60),
+            }),
         }
     }
 
@@ -748,7 +639,10 @@ mod tests {
         let hooks = spec["hooks"]["poststop"].as_array().unwrap();
         assert_eq!(hooks.len(), 2);
         assert_eq!(hooks[0]["args"][1], "status");
-        assert_eq!(hooks[1]["env"][0], HOOK_ENV_PATH);
+        assert_eq!(
+            hooks[1]["env"][0],
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        );
     }
 
     #[test]
@@ -855,180 +749,5 @@ mod tests {
         let mut spec = serde_json::json!({});
         apply(&mut spec, &e).unwrap();
         assert_eq!(spec["linux"]["devices"].as_array().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn poststop_hook_entry() {
-        let h = default_poststop(
-            Path::new("/opt/bin/kata-sriov"),
-            Some(Path::new("/etc/k/c.toml")),
-        );
-        assert_eq!(h.path, "/opt/bin/kata-sriov");
-        assert_eq!(
-            h.args,
-            [
-                "kata-sriov",
-                "--config",
-                "/etc/k/c.toml",
-                "hook",
-                "poststop"
-            ]
-        );
-        assert_eq!(h.env, [HOOK_ENV_PATH]);
-        assert_eq!(h.timeout, Some(60));
-        let bare = HookEntry {
-            path: "/bin/x".into(),
-            args: vec![],
-            env: vec![],
-            timeout: None,
-        };
-        assert_eq!(text(&bare.to_value()), r#"{"path":"/bin/x"}"#);
-    }
-
-    #[test]
-    fn hook_states() {
-        // Kata's host hook state: no ociVersion, no status.
-        let kata = br#"{"pid":4242,"bundle":"/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc","id":"sandbox-1","annotations":{"io.kata-sriov.owner":"k8s.io/abc"}}"#;
-        let s = parse_state(kata).unwrap();
-        assert_eq!(s.id, "sandbox-1");
-        assert_eq!(s.pid, Some(4242));
-        assert_eq!(
-            s.bundle.as_deref(),
-            Some(Path::new(
-                "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc"
-            ))
-        );
-        assert_eq!(s.annotations[OWNER_ANNOTATION], "k8s.io/abc");
-        assert_eq!(s.status, None);
-        // runc's state, with an unknown field.
-        let runc =
-            br#"{"ociVersion":"1.0.2","id":"c1","status":"stopped","bundle":"/b","x-new":1}"#;
-        let s = parse_state(runc).unwrap();
-        assert_eq!(
-            (s.status.as_deref(), s.pid, s.annotations.len()),
-            (Some("stopped"), None, 0)
-        );
-        assert_eq!(s.oci_version.as_deref(), Some("1.0.2"));
-        let s = read_state(std::io::Cursor::new(
-            &b"{\"id\":\"x\",\"annotations\":null}"[..],
-        ))
-        .unwrap();
-        assert_eq!(s.id, "x");
-
-        for (bad, want) in [
-            (&b"{}"[..], "\"id\" is missing"),
-            (br#"{"id":""}"#, "\"id\" is missing"),
-            (br#"{"id":null}"#, "\"id\" is missing"),
-            (br#"{"id":5}"#, "malformed JSON: invalid type"),
-            (br#"{"id":"a","id":"b"}"#, "duplicate field `id`"),
-            (br#"{"id":"a","pid":"12"}"#, "malformed JSON"),
-            (br#"{"id":"a","annotations":[]}"#, "malformed JSON"),
-            (b"not json", "malformed JSON"),
-            (b"[]", "malformed JSON"),
-        ] {
-            let got = parse_state(bad).unwrap_err().to_string();
-            assert!(
-                got.starts_with("hook state: ") && got.contains(want),
-                "{got}"
-            );
-        }
-        let mut big = br#"{"id":"a","x":""#.to_vec();
-        big.resize(MAX_INPUT_BYTES + 10, b'a');
-        assert!(matches!(parse_state(&big), Err(StateError::TooLarge(_))));
-        assert!(matches!(
-            read_state(std::io::Cursor::new(big)),
-            Err(StateError::TooLarge(n)) if n == MAX_INPUT_BYTES + 1
-        ));
-    }
-
-    /// `configs/hooks.d/*.json` (oci-hooks(5)) run this binary in real modes.
-    #[test]
-    fn oci_hooks_configs() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/hooks.d");
-        for (file, stage) in [
-            ("kata-sriov-precreate.json", "precreate"),
-            ("kata-sriov-poststop.json", "poststop"),
-        ] {
-            let path = dir.join(file);
-            let text = std::fs::read_to_string(&path).unwrap();
-            let v: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(keys(&v), ["version", "hook", "when", "stages"], "{file}");
-            assert_eq!(v["version"], "1.0.0");
-            assert_eq!(v["stages"], serde_json::json!([stage]));
-            let hook = &v["hook"];
-            assert_eq!(hook["path"], INSTALLED_BINARY);
-            assert!(hook["path"].as_str().unwrap().ends_with("/kata-sriov"));
-            let args: Vec<&str> = hook["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap())
-                .collect();
-            assert_eq!(args[0], BINARY_NAME);
-            assert_eq!(args[1..].len(), 2, "{args:?}");
-            assert_eq!(args[1], "hook");
-            assert!(
-                HOOK_MODES.contains(&args[2]) && args[2] == stage,
-                "{args:?}"
-            );
-            // Nothing inherited: the whole environment is a fixed PATH.
-            assert_eq!(hook["env"], serde_json::json!([HOOK_ENV_PATH]));
-            assert!(hook["timeout"].as_u64().unwrap() >= 1);
-            if stage == "poststop" {
-                // Same hook as the one injected into specs.
-                assert_eq!(
-                    *hook,
-                    default_poststop(Path::new(INSTALLED_BINARY), None).to_value()
-                );
-            }
-            // when.annotations: one anchored pattern on the key that matches
-            // exactly the request annotation, any value.
-            let when = v["when"].as_object().unwrap();
-            assert_eq!(when.keys().collect::<Vec<_>>(), ["annotations"]);
-            let ann = when["annotations"].as_object().unwrap();
-            assert_eq!(ann.len(), 1);
-            let (key_re, value_re) = ann.iter().next().unwrap();
-            assert_eq!(
-                literal_of_anchored_regex(key_re).as_deref(),
-                Some(crate::policy::request::REQUEST_ANNOTATION),
-                "{key_re}"
-            );
-            assert_eq!(value_re, ".*");
-        }
-    }
-
-    /// The string an anchored regex `^...$` matches when its body is a
-    /// literal with `\`-escaped metacharacters; `None` for anything else.
-    fn literal_of_anchored_regex(re: &str) -> Option<String> {
-        let body = re.strip_prefix('^')?.strip_suffix('$')?;
-        let mut out = String::new();
-        let mut chars = body.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => {
-                    let e = chars.next()?;
-                    if e.is_ascii_alphanumeric() {
-                        return None; // \d, \w, ...: a class, not a literal
-                    }
-                    out.push(e);
-                }
-                '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' => {
-                    return None
-                }
-                c => out.push(c),
-            }
-        }
-        Some(out)
-    }
-
-    #[test]
-    fn regex_literal_helper() {
-        assert_eq!(
-            literal_of_anchored_regex(r"^io\.kata-sriov\.networks$").as_deref(),
-            Some("io.kata-sriov.networks")
-        );
-        assert_eq!(literal_of_anchored_regex(r"^io.kata-sriov.networks$"), None);
-        assert_eq!(literal_of_anchored_regex(r"io\.kata-sriov\.networks"), None);
-        assert_eq!(literal_of_anchored_regex(r"^io\.kata\d$"), None);
     }
 }

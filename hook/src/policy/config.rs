@@ -41,16 +41,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// How a pool's VF reaches the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Bound to vfio-pci and passed into a VM (Kata).
-    #[default]
-    Vfio,
-    /// Keeps its kernel driver; its netdev moves into the container.
-    Netdev,
-}
+pub use crate::state::ledger::Mode;
 
 /// Where a VF's MAC comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -2,4 +2,5 @@
 //! the owner rules.
 
 pub mod config;
+pub mod owner;
 pub mod request;

@@ -35,9 +35,6 @@ use crate::pci::{IfName, MacAddr, ParseError};
 
 /// Annotation a container sets to ask for VFs.
 pub const REQUEST_ANNOTATION: &str = "io.kata-sriov.networks";
-/// Annotation the host side writes: the token the VFs' leases are recorded
-/// under. Poststop releases by it.
-pub const OWNER_ANNOTATION: &str = "io.kata-sriov.owner";
 /// Largest request value accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Most VFs one container may ask for.
@@ -173,7 +170,7 @@ pub enum RequestError {
     },
 }
 
-use crate::oci::spec::json_kind as kind;
+use crate::json::kind;
 
 /// Parses and validates a request value (the annotation's string).
 pub fn parse_request(text: &str) -> Result<Vec<NetworkRequest>, RequestError> {

@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use crate::guestnet::L3Config;
 use crate::kernel::netlink::{VfSetting, VfSettings};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
-use crate::policy::config::Mode;
 use crate::state::atomic::{self, Place};
 
 /// Largest lease file read.
@@ -94,15 +93,17 @@ pub enum OwnerCheck {
     Process { pid: u32, start: u64 },
 }
 
-/// Netdev-mode bookkeeping: where the VF's netdev went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetdevMove {
-    pub host_name: IfName,
-    pub container_name: IfName,
-    pub netns_pid: Option<u32>,
-    /// The netdev's MTU on the host, put back on release.
-    #[serde(default)]
-    pub original_mtu: Option<u32>,
+pub use crate::kernel::netns::NetdevMove;
+
+/// How a pool's VF reaches the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Bound to vfio-pci and passed into a VM (Kata).
+    #[default]
+    Vfio,
+    /// Keeps its kernel driver; its netdev moves into the container.
+    Netdev,
 }
 
 /// One leased VF.
