@@ -4,6 +4,8 @@
 //! higher layer, (2) the module graph has no circle, (3) production code
 //! never names the test fakes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
