@@ -29,7 +29,7 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
-use crate::engine::claim::generate_mac;
+use crate::engine::mac;
 use crate::kernel::netlink::{apply_verified, VfNetlink, VfSetting, VfSettings};
 use crate::kernel::sysfs::{read_attr, SysfsRoot};
 use crate::kernel::vfio::{self, VfioError, VFIO_PCI};
@@ -432,9 +432,17 @@ impl<'a> Setup<'a> {
         for (i, vf, s) in current {
             let mut want = Vec::new();
             if !keep_mac && s.mac.is_zero() {
-                let m = generate_mac(used);
-                used.insert(m);
-                want.push(VfSetting::Mac(m));
+                match mac::generate(used) {
+                    Ok(m) => {
+                        used.insert(m);
+                        want.push(VfSetting::Mac(m));
+                    }
+                    Err(e) => fail(
+                        out,
+                        &mut r.failures,
+                        format!("{label}: VF {i} ({vf}): cannot generate a MAC: {e}"),
+                    )?,
+                }
             }
             if s.vlan != VlanId::NONE || s.qos != Qos::default() {
                 want.push(VfSetting::Vlan {

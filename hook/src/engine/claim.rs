@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::engine::mac;
 use crate::guestnet::{GuestNetwork, L3Config};
 use crate::kernel::iommu::{self, IommuError};
 use crate::kernel::netlink::{self, NetlinkError, VfNetlink, VfSetting, VfSettings};
@@ -89,6 +90,8 @@ pub enum ClaimError {
         first: Box<ClaimError>,
         rollback: Box<ClaimError>,
     },
+    #[error("cannot generate a MAC: reading random bytes failed")]
+    Random(#[source] std::io::Error),
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
     #[error(transparent)]
@@ -398,7 +401,7 @@ impl<'a> Engine<'a> {
                 .is_some_and(|p| p.mac != MacPolicy::Keep)
         });
         if chooses_mac {
-            macs_in_use.extend(host_macs(&self.sysfs));
+            macs_in_use.extend(mac::host_macs(&self.sysfs));
         }
         let mut picks: Vec<Pick> = Vec::new();
         let mut per_pool: HashMap<&str, usize> = HashMap::new();
@@ -439,7 +442,7 @@ impl<'a> Engine<'a> {
                     }
                     Some(m)
                 }
-                _ => Some(generate_mac(&macs_in_use)),
+                _ => Some(mac::generate(&macs_in_use).map_err(ClaimError::Random)?),
             };
             let mut settings = Vec::new();
             if let (Some(m), true) = (mac, pool.mac != MacPolicy::Keep) {
@@ -813,45 +816,4 @@ fn restore_of(s: &VfSetting, orig: &VfSettings, now: &VfSettings) -> Option<VfSe
 
 fn sets_mac(settings: &[VfSetting]) -> bool {
     settings.iter().any(|s| matches!(s, VfSetting::Mac(_)))
-}
-
-/// MACs of the host's network interfaces.
-fn host_macs(sysfs: &SysfsRoot) -> Vec<MacAddr> {
-    let Ok(rd) = std::fs::read_dir(sysfs.path().join("class/net")) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| {
-            crate::kernel::sysfs::read_attr(&e.path().join("address"))
-                .ok()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// A random locally administered unicast MAC not in `used`.
-pub fn generate_mac(used: &HashSet<MacAddr>) -> MacAddr {
-    loop {
-        let mut b = [0u8; 6];
-        random_bytes(&mut b);
-        b[0] = (b[0] & 0xfc) | 0x02;
-        let m = MacAddr(b);
-        if m.is_assignable() && !used.contains(&m) {
-            return m;
-        }
-    }
-}
-
-fn random_bytes(buf: &mut [u8]) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: getrandom writes at most rest.len() bytes into the valid,
-        // exclusively borrowed buffer `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n > 0 {
-            filled += n as usize;
-        }
-    }
 }

@@ -2,3 +2,4 @@
 //! order; the one writer of leases.
 
 pub mod claim;
+pub mod mac;
