@@ -19,6 +19,7 @@ use kata_sriov::kernel::netlink::KernelNetlink;
 use kata_sriov::kernel::sysfs::SysfsRoot;
 use kata_sriov::kernel::vfio::SysfsBinder;
 use kata_sriov::log;
+use kata_sriov::oci::plan::ContainerPlan;
 use kata_sriov::oci::{spec, state};
 use kata_sriov::policy::config::Config;
 use kata_sriov::policy::owner;
@@ -218,17 +219,15 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
         .read_to_end(&mut input)
         .context("reading config.json from stdin")?;
     let mut spec = spec::parse_spec(&input)?;
-    let Some(reqs) = flow::requests_for(cfg, &spec)? else {
+    let plan = ContainerPlan::for_hook(cfg, &spec)?;
+    if !plan.asks() {
         std::io::stdout().write_all(&input)?;
         return Ok(());
-    };
-    if flow::wants_dan(cfg, &reqs) {
-        bail!("pools with guest = \"dan\" work only through containerd-shim-kata-sriov-v2 (Kata reads the DAN file when it creates the sandbox, which a precreate hook cannot name)");
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
     let owner = owner::generate("precreate")?;
-    let claimed = flow::claim_into_spec(&engine, &mut spec, &owner, OwnerCheck::None)?;
+    let claimed = flow::claim_into_spec(&engine, &mut spec, &plan, &owner, OwnerCheck::None)?;
     let vfs: Vec<String> = claimed
         .iter()
         .flatten()
@@ -250,12 +249,13 @@ fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
         return Ok(());
     };
     let config = flow::read_bundle_config(bundle)?;
-    if flow::requests_for(cfg, &config)?.is_none() {
+    let plan = ContainerPlan::from_spec(cfg, &config)?;
+    if !plan.netdev {
         return Ok(());
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
-    let done = kata_sriov::integrations::netdev::create_runtime(&engine, &state, &config)?;
+    let done = kata_sriov::integrations::netdev::create_runtime_planned(&engine, &state, &plan)?;
     for a in &done {
         info!(logger, "create-runtime moved";
             "id" => &state.id, "vf" => a.vf.to_string(), "pool" => &a.pool,

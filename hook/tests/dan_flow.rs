@@ -26,6 +26,18 @@ struct Host {
     binder: FakeBinder,
 }
 
+/// The shim's start as the shim does it: the plan, then the claim.
+fn shim_claim(
+    e: &Engine<'_>,
+    spec: &mut Value,
+    owner: &str,
+    check: OwnerCheck,
+    shim_id: &str,
+) -> Result<Option<Vec<kata_sriov::engine::claim::ClaimedVf>>, flow::FlowError> {
+    let plan = kata_sriov::oci::plan::ContainerPlan::for_shim(e.cfg, spec, shim_id)?;
+    flow::claim_for_shim(e, spec, &plan, owner, check)
+}
+
 fn host() -> Host {
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let sys = dir.path().join("sys");
@@ -86,7 +98,7 @@ fn sandbox_gets_a_dan_file_that_release_deletes() {
     );
     let bundle = h.dir.path().join("bundle");
     fs::create_dir(&bundle).unwrap();
-    let got = flow::claim_for_shim(
+    let got = shim_claim(
         &e,
         &mut spec,
         "k8s.io/sb1",
@@ -132,7 +144,7 @@ fn sandbox_gets_a_dan_file_that_release_deletes() {
         "sb1",
         r#"[{"pool":"d","name":"eth1","ips":["10.0.0.5/24","fd00::5/64"],"gateway":"10.0.0.1","routes":[{"dst":"10.1.0.0/16","via":"10.0.0.254"}]}]"#,
     );
-    flow::claim_for_shim(
+    shim_claim(
         &e,
         &mut again,
         "k8s.io/sb1",
@@ -155,7 +167,7 @@ fn gc_deletes_the_file_when_the_sandbox_is_gone() {
     let bundle = h.dir.path().join("bundle");
     fs::create_dir(&bundle).unwrap();
     let mut spec = sandbox_spec("sb2", "d");
-    flow::claim_for_shim(
+    shim_claim(
         &e,
         &mut spec,
         "k8s.io/sb2",
@@ -190,8 +202,7 @@ fn a_foreign_dan_file_is_never_touched() {
     fs::write(h.dan_file("sb3"), "someone else's").unwrap();
     let mut spec = sandbox_spec("sb3", "d");
     let before = spec.clone();
-    let err =
-        flow::claim_for_shim(&e, &mut spec, "k8s.io/sb3", OwnerCheck::None, "sb3").unwrap_err();
+    let err = shim_claim(&e, &mut spec, "k8s.io/sb3", OwnerCheck::None, "sb3").unwrap_err();
     assert!(matches!(err, FlowError::Dan(_)), "{err}");
     assert!(
         err.to_string().contains("not written by kata-sriov"),
@@ -212,16 +223,15 @@ fn refusals_before_anything_is_claimed() {
     // A container of an existing pod: Kata would never read a later file.
     let mut spec = sandbox_spec("sb4", "d");
     spec["annotations"]["io.kubernetes.cri.container-type"] = "container".into();
-    let err = flow::claim_for_shim(&e, &mut spec, "k8s.io/c4", OwnerCheck::None, "c4").unwrap_err();
+    let err = shim_claim(&e, &mut spec, "k8s.io/c4", OwnerCheck::None, "c4").unwrap_err();
     assert!(err.to_string().contains("sandbox"), "{err}");
     // A route without a gateway cannot be written for Kata.
     let mut spec = sandbox_spec("sb5", r#"[{"pool":"d","routes":[{"dst":"10.1.0.0/16"}]}]"#);
-    let err =
-        flow::claim_for_shim(&e, &mut spec, "k8s.io/sb5", OwnerCheck::None, "sb5").unwrap_err();
+    let err = shim_claim(&e, &mut spec, "k8s.io/sb5", OwnerCheck::None, "sb5").unwrap_err();
     assert!(err.to_string().contains("gateway"), "{err}");
     // A sandbox id that is not a file name.
     let mut spec = sandbox_spec("../../etc/cron.d/x", "d");
-    let err = flow::claim_for_shim(&e, &mut spec, "k8s.io/x", OwnerCheck::None, "x").unwrap_err();
+    let err = shim_claim(&e, &mut spec, "k8s.io/x", OwnerCheck::None, "x").unwrap_err();
     assert!(err.to_string().contains("sandbox id"), "{err}");
     assert!(
         !h.dir.path().join("dans").exists()
@@ -250,8 +260,7 @@ fn a_pool_that_keeps_a_zero_mac_is_rolled_back() {
     let mut e = Engine::new(&cfg, &h.nl, &h.binder).unwrap();
     e.node_wait = Duration::ZERO;
     let mut spec = sandbox_spec("sb6", "d");
-    let err =
-        flow::claim_for_shim(&e, &mut spec, "k8s.io/sb6", OwnerCheck::None, "sb6").unwrap_err();
+    let err = shim_claim(&e, &mut spec, "k8s.io/sb6", OwnerCheck::None, "sb6").unwrap_err();
     assert!(err.to_string().contains("guest_mac"), "{err}");
     assert!(!h.dan_file("sb6").exists());
     assert_nothing_claimed(&h, &e);

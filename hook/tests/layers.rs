@@ -60,17 +60,22 @@ fn module_name(src: &Path, file: &Path) -> String {
     parts.join("::")
 }
 
-/// The modules a file names: `crate::a::b` becomes `a::b` when `a` is a
-/// folder (a layer with submodules), else `a`.
-fn imports(text: &str, folders: &BTreeSet<String>) -> BTreeSet<String> {
-    let code: String = text
-        .split("#[cfg(test)]")
+/// A file's production code: before its `#[cfg(test)]` section, without
+/// comments.
+fn code_of(text: &str) -> String {
+    text.split("#[cfg(test)]")
         .next()
         .unwrap_or("")
         .lines()
         .map(|l| l.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+/// The modules a file names: `crate::a::b` becomes `a::b` when `a` is a
+/// folder (a layer with submodules), else `a`.
+fn imports(text: &str, folders: &BTreeSet<String>) -> BTreeSet<String> {
+    let code = code_of(text);
     let prod = code.as_str();
     let mut out = BTreeSet::new();
     for (i, _) in prod.match_indices("crate::") {
@@ -161,4 +166,43 @@ fn layers_point_one_way_without_circles() {
     }
     assert!(circles.is_empty(), "import circles: {circles:#?}");
     assert!(graph.len() > 20, "read only {} modules", graph.len());
+}
+
+/// The engine is the one writer of leases: nothing above it locks or
+/// writes the ledger, and the integrations (and the shim) never touch it.
+#[test]
+fn only_the_engine_writes_leases() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    sources(&root.join("../shim/src"), &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        if rel.starts_with("src/engine/")
+            || rel.starts_with("src/state/")
+            || rel == "src/testing.rs"
+        {
+            continue;
+        }
+        let text = fs::read_to_string(f).unwrap();
+        let prod = code_of(&text);
+        let mut words = vec![
+            ".lock_vf(",
+            ".lock_global(",
+            "ledger.update(",
+            "ledger.create(",
+            "ledger.remove(",
+        ];
+        if rel.starts_with("src/integrations/") || rel.contains("shim/") {
+            words.extend(["ledger.", "Ledger::"]);
+        }
+        for w in words {
+            if prod.contains(w) {
+                bad.push(format!("{rel}: {w}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "ledger access outside the engine: {bad:#?}");
+    assert!(files.len() > 20);
 }

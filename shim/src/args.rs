@@ -92,10 +92,7 @@ impl ShimArgs {
 
     /// The lease owner: `<namespace>/<id>`.
     pub fn owner(&self) -> Option<String> {
-        match (&self.namespace, &self.id) {
-            (Some(ns), Some(id)) if !ns.is_empty() && !id.is_empty() => Some(format!("{ns}/{id}")),
-            _ => None,
-        }
+        kata_sriov::policy::owner::for_container(self.namespace.as_deref()?, self.id.as_deref()?)
     }
 }
 

@@ -35,13 +35,14 @@ use kata_sriov::kernel::netlink::KernelNetlink;
 use kata_sriov::kernel::sysfs::SysfsRoot;
 use kata_sriov::kernel::vfio::SysfsBinder;
 use kata_sriov::log;
-use kata_sriov::policy::config::Config;
+use kata_sriov::oci::plan::{ContainerPlan, CriKind};
+use kata_sriov::policy::config::{Config, GuestMode};
+use kata_sriov::policy::owner;
 use kata_sriov::state::ledger::OwnerCheck;
 
 use args::ShimArgs;
 
 /// The CRI annotation telling a pod's sandbox from its other containers.
-const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// containerd kills `delete` after 5 s (`io.containerd.timeout.shim.cleanup`);
 /// the release gets this much of it, the delegate's delete the rest.
 const DELETE_RELEASE_DEADLINE: Duration = Duration::from_secs(3);
@@ -122,56 +123,43 @@ fn bundle_dir(a: &ShimArgs) -> Result<PathBuf> {
     }
 }
 
-fn cri_type(spec: &serde_json::Value) -> Option<&str> {
-    spec.get("annotations")?.get(CRI_CONTAINER_TYPE)?.as_str()
-}
-
-/// A pod container (not the sandbox) that asks for a `guest = "dan"` pool
-/// its sandbox does not hold: Kata reads DAN files only when it creates the
-/// sandbox, so the VF would never reach the guest. Refused. (Pod
-/// annotations are copied to every container of the pod, so a request that
-/// the sandbox already satisfied passes.)
-fn refuse_late_dan(cfg: &Config, spec: &serde_json::Value, a: &ShimArgs) -> Result<()> {
-    let Some(reqs) = flow::requests_for(cfg, spec)? else {
-        return Ok(());
-    };
-    if !flow::wants_dan(cfg, &reqs) {
+/// A pod's non-sandbox container asking for DAN pools: allowed only when
+/// its sandbox holds VFs (the sandbox's DAN file serves the whole pod).
+fn refuse_late_dan(engine: &Engine<'_>, plan: &ContainerPlan, a: &ShimArgs) -> Result<()> {
+    if !plan.wants(engine.cfg, GuestMode::Dan) {
         return Ok(());
     }
-    let sandbox = spec
-        .get("annotations")
-        .and_then(|m| m.get("io.kubernetes.cri.sandbox-id"))
-        .and_then(serde_json::Value::as_str);
-    let sandbox_owner = match (a.namespace.as_deref(), sandbox) {
-        (Some(ns), Some(sb)) => format!("{ns}/{sb}"),
-        _ => String::new(),
+    let sandbox_owner = match (a.namespace.as_deref(), plan.sandbox_id.as_deref()) {
+        (Some(ns), Some(sb)) => owner::for_container(ns, sb),
+        _ => None,
     };
-    let held = kata_sriov::state::ledger::Ledger::open(&cfg.state_dir)?
-        .list()?
-        .into_iter()
-        .filter_map(|e| e.lease.ok())
-        .any(|l| l.owner == sandbox_owner);
-    if held {
-        return Ok(());
+    if let Some(o) = sandbox_owner {
+        if !engine.leases_of(&o)?.is_empty() {
+            return Ok(());
+        }
     }
     Err(kata_sriov::oci::dan::DanError::NotSandbox(a.id.clone().unwrap_or_default()).into())
 }
 
-/// `start`: claim, rewrite `config.json`, hand over. Returns only on failure,
-/// with nothing left claimed.
 fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     let cfg = Config::load(None)?;
     let path = find_delegate(argv0, &cfg, a)?;
     let bundle = bundle_dir(a)?;
     let id = a.id.as_deref().unwrap_or("");
     let mut spec = flow::read_bundle_config(&bundle)?;
-    if cri_type(&spec).is_some_and(|t| t != "sandbox") {
-        refuse_late_dan(&cfg, &spec, a)?;
+    let mut plan = ContainerPlan::from_spec(&cfg, &spec)?;
+    if plan.cri == CriKind::Container {
+        if plan.asks() {
+            let nl = KernelNetlink::new().context("opening netlink")?;
+            let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+            refuse_late_dan(&Engine::new(&cfg, &nl, &binder)?, &plan, a)?;
+        }
         let log = open_log(&cfg);
         info!(log, "start: CRI container of a pod, the sandbox holds the VFs"; "id" => id, "delegate" => %path.display());
         return Err(delegate::exec(&path, rest).into());
     }
-    if flow::requests_for(&cfg, &spec)?.is_none() {
+    plan.resolve_dan(&cfg, &spec, id)?;
+    if !plan.asks() {
         let log = open_log(&cfg);
         info!(log, "start: no request"; "id" => id, "delegate" => %path.display());
         return Err(delegate::exec(&path, rest).into());
@@ -187,9 +175,9 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     let claimed = flow::claim_for_shim(
         &engine,
         &mut spec,
+        &plan,
         &owner,
         OwnerCheck::Bundle(bundle.clone()),
-        id,
     )
     .with_context(|| format!("claiming a VF for {owner}"))?;
     if claimed.is_some() {
@@ -302,17 +290,6 @@ fn delete(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> ExitCode {
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn cri_type_reads_the_annotation() {
-        let s = serde_json::json!({"annotations": {CRI_CONTAINER_TYPE: "container"}});
-        assert_eq!(cri_type(&s), Some("container"));
-        assert_eq!(cri_type(&serde_json::json!({})), None);
-        assert_eq!(
-            cri_type(&serde_json::json!({"annotations": {CRI_CONTAINER_TYPE: 1}})),
-            None
-        );
-    }
 
     #[test]
     fn bundle_prefers_the_flag() {

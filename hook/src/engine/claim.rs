@@ -15,7 +15,7 @@
 //! killed half-way is finished by the next release or by gc.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -83,6 +83,8 @@ pub enum ClaimError {
     },
     #[error("{vf}: another process is working on this VF; try again")]
     Busy { vf: PciAddress },
+    #[error("{vf}: its lease disappeared")]
+    LeaseGone { vf: PciAddress },
     #[error("{0}; then rolled back")]
     RolledBack(Box<ClaimError>),
     #[error("{first}; rolling back also failed: {rollback}")]
@@ -151,6 +153,42 @@ pub struct GcReport {
     pub kept: usize,
 }
 
+/// The pool named `name`, or an error listing the configured ones.
+fn pool_named<'c>(cfg: &'c Config, name: &str) -> Result<&'c Pool, ClaimError> {
+    cfg.pool(name).ok_or_else(|| ClaimError::UnknownPool {
+        pool: name.to_owned(),
+        known: if cfg.pools.is_empty() {
+            "none (add [[pools]] to the config)".into()
+        } else {
+            cfg.pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    })
+}
+
+/// Checks requests against the config without touching anything.
+pub fn check_requests(cfg: &Config, reqs: &[NetworkRequest]) -> Result<(), ClaimError> {
+    let mut macs = HashSet::new();
+    for r in reqs {
+        let pool = pool_named(cfg, r.pool.as_str())?;
+        if let Some(mac) = r.mac {
+            if !pool.allows_mac(mac) {
+                return Err(ClaimError::MacNotAllowed {
+                    pool: pool.name.clone(),
+                    mac,
+                });
+            }
+            if !macs.insert(mac) {
+                return Err(ClaimError::MacInUse(mac));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The engine: everything a claim or release touches.
 pub struct Engine<'a> {
     pub cfg: &'a Config,
@@ -199,39 +237,7 @@ impl<'a> Engine<'a> {
     }
 
     fn pool(&self, name: &str) -> Result<&'a Pool, ClaimError> {
-        self.cfg.pool(name).ok_or_else(|| ClaimError::UnknownPool {
-            pool: name.to_owned(),
-            known: if self.cfg.pools.is_empty() {
-                "none (add [[pools]] to the config)".into()
-            } else {
-                self.cfg
-                    .pools
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-        })
-    }
-
-    /// Checks requests against the config without touching anything.
-    pub fn check_requests(&self, reqs: &[NetworkRequest]) -> Result<(), ClaimError> {
-        let mut macs = HashSet::new();
-        for r in reqs {
-            let pool = self.pool(r.pool.as_str())?;
-            if let Some(mac) = r.mac {
-                if !pool.allows_mac(mac) {
-                    return Err(ClaimError::MacNotAllowed {
-                        pool: pool.name.clone(),
-                        mac,
-                    });
-                }
-                if !macs.insert(mac) {
-                    return Err(ClaimError::MacInUse(mac));
-                }
-            }
-        }
-        Ok(())
+        pool_named(self.cfg, name)
     }
 
     /// The VF settings a lease applies are read back from the PF through
@@ -251,7 +257,20 @@ impl<'a> Engine<'a> {
         reqs: &[NetworkRequest],
         check: OwnerCheck,
     ) -> Result<Vec<ClaimedVf>, ClaimError> {
-        self.check_requests(reqs)?;
+        check_requests(self.cfg, reqs)?;
+        self.claim_checked(owner, reqs, check, None)
+    }
+
+    /// [`Engine::claim`] for requests that already passed
+    /// [`check_requests`] (a container plan's), recording `dan_file` in
+    /// every lease from the start, so that release and gc delete it.
+    pub fn claim_checked(
+        &self,
+        owner: &str,
+        reqs: &[NetworkRequest],
+        check: OwnerCheck,
+        dan_file: Option<&Path>,
+    ) -> Result<Vec<ClaimedVf>, ClaimError> {
         let picks = {
             let _global = self.ledger.lock_global()?;
             // Read the ledger once: this owner's leases, every leased VF
@@ -266,7 +285,7 @@ impl<'a> Engine<'a> {
             if !mine.is_empty() {
                 return self.existing(owner, mine, reqs);
             }
-            let picks = self.pick(owner, reqs, &check, &entries)?;
+            let picks = self.pick(owner, reqs, &check, &entries, dan_file)?;
             let mut written: Vec<Pick> = Vec::new();
             for p in picks {
                 if let Err(e) = self.ledger.create(&p.lease) {
@@ -387,6 +406,7 @@ impl<'a> Engine<'a> {
         reqs: &[NetworkRequest],
         check: &OwnerCheck,
         entries: &[ledger::LeaseEntry],
+        dan_file: Option<&Path>,
     ) -> Result<Vec<Pick>, ClaimError> {
         let mut taken: HashSet<PciAddress> = entries.iter().map(|e| e.vf).collect();
         let mut macs_in_use: HashSet<MacAddr> = entries
@@ -469,7 +489,7 @@ impl<'a> Engine<'a> {
                     iommu_group: group,
                     l3: r.l3.clone(),
                     owner_check: check.clone(),
-                    dan_file: None,
+                    dan_file: dan_file.map(Path::to_path_buf),
                     netdev_move: None,
                     created: now,
                     updated: now,
@@ -595,40 +615,6 @@ impl<'a> Engine<'a> {
             self.binder.bind(lease.vf, Some(&drv))?;
         }
         Ok(())
-    }
-
-    /// Records, in each of `owner`'s leases, the Kata DAN file written for
-    /// them, so that release and gc delete it.
-    pub fn record_dan_file(
-        &self,
-        owner: &str,
-        path: Option<&std::path::Path>,
-    ) -> Result<(), ClaimError> {
-        for e in self.ledger.list()? {
-            let Ok(l) = e.lease else { continue };
-            if l.owner != owner {
-                continue;
-            }
-            let Some(_g) = self.ledger.lock_vf(l.vf, VF_LOCK_WAIT)? else {
-                return Err(ClaimError::Busy { vf: l.vf });
-            };
-            if let Some(mut cur) = self.ledger.read(l.vf)? {
-                cur.dan_file = path.map(std::path::Path::to_path_buf);
-                cur.updated = ledger::now_secs();
-                self.ledger.update(&cur)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether some lease records `path` as its DAN file.
-    pub fn owns_dan_file(&self, path: &std::path::Path) -> Result<bool, ClaimError> {
-        Ok(self
-            .ledger
-            .list()?
-            .into_iter()
-            .filter_map(|e| e.lease.ok())
-            .any(|l| l.dan_file.as_deref() == Some(path)))
     }
 
     /// Releases every VF `owner` holds. Idempotent: an owner with nothing

@@ -2,4 +2,5 @@
 //! order; the one writer of leases.
 
 pub mod claim;
+pub mod leases;
 pub mod mac;

@@ -46,7 +46,7 @@ use crate::pci::{IfName, MacAddr};
 use crate::policy::config::{MacPolicy, Mode, Pool};
 use crate::policy::request::{NetworkRequest, PoolName};
 use crate::state::atomic::{self, Place};
-use crate::state::ledger::{self, Lease, LedgerError, NetdevMove, OwnerCheck};
+use crate::state::ledger::{Lease, LedgerError, NetdevMove, OwnerCheck};
 
 /// The default socket: the driver is named `kata-sriov`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/kata-sriov.sock";
@@ -194,7 +194,7 @@ impl<'a> Driver<'a> {
     /// state dir.
     pub fn new(engine: &'a Engine<'a>, logger: Logger) -> Self {
         Driver {
-            store: engine.ledger.dir().join(NETWORKS_FILE),
+            store: engine.state_dir().join(NETWORKS_FILE),
             engine,
             logger,
         }
@@ -405,7 +405,7 @@ impl<'a> Driver<'a> {
             gateway: gateway(body, "IPv4Data")?,
             gateway6: gateway(body, "IPv6Data")?,
         };
-        let _g = self.engine.ledger.lock_global()?;
+        let _g = self.engine.host_lock()?;
         let mut store = self.load()?;
         store.networks.insert(id.clone(), entry);
         self.save(&store)?;
@@ -415,7 +415,7 @@ impl<'a> Driver<'a> {
 
     fn delete_network(&self, body: &Value) -> Result<Value, DockerError> {
         let id = id_field(body, "NetworkID")?;
-        let _g = self.engine.ledger.lock_global()?;
+        let _g = self.engine.host_lock()?;
         let mut store = self.load()?;
         if store.networks.remove(&id).is_some() {
             self.save(&store)?;
@@ -433,13 +433,7 @@ impl<'a> Driver<'a> {
     }
 
     fn lease_of(&self, owner: &str) -> Result<Option<Lease>, DockerError> {
-        Ok(self
-            .engine
-            .ledger
-            .list()?
-            .into_iter()
-            .filter_map(|e| e.lease.ok())
-            .find(|l| l.owner == owner))
+        Ok(self.engine.leases_of(owner)?.into_iter().next())
     }
 
     fn create_endpoint(&self, body: &Value) -> Result<Value, DockerError> {
@@ -543,16 +537,7 @@ impl<'a> Driver<'a> {
             return Ok(mv.host_name.clone());
         }
         let vf = lease.vf;
-        let _guard = self
-            .engine
-            .ledger
-            .lock_vf(vf, VF_LOCK_WAIT)?
-            .ok_or(ClaimError::Busy { vf })?;
-        let mut l = self
-            .engine
-            .ledger
-            .read(vf)?
-            .ok_or_else(|| DockerError::Request(format!("{vf}: its lease disappeared")))?;
+        let mut held = self.engine.hold(vf, VF_LOCK_WAIT)?;
         let name = self
             .engine
             .sysfs
@@ -568,17 +553,16 @@ impl<'a> Driver<'a> {
         let link = IfConf::open()
             .ok()
             .and_then(|c| c.link_by_name(name.as_str()).ok().flatten());
-        if l.mac.is_none() {
-            l.mac = link.as_ref().and_then(|k| k.mac);
+        if held.lease.mac.is_none() {
+            held.lease.mac = link.as_ref().and_then(|k| k.mac);
         }
-        l.netdev_move = Some(NetdevMove {
+        held.lease.netdev_move = Some(NetdevMove {
             host_name: name.clone(),
             container_name: name.clone(),
             netns_pid: None,
             original_mtu: link.map(|k| k.mtu),
         });
-        l.updated = ledger::now_secs();
-        self.engine.ledger.update(&l)?;
+        held.commit()?;
         Ok(name)
     }
 }

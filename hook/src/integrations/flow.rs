@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
-use crate::kernel::vfio;
+use crate::integrations::hooks;
+use crate::kernel::vfio::{self, DevNode};
 use crate::oci::dan::{self, DanError};
+use crate::oci::plan::{ContainerPlan, PlanError};
 use crate::oci::spec::{self, DeviceNode, SpecEdit, SpecError};
-use crate::policy::config::{Config, GuestMode};
-use crate::policy::request::{self, NetworkRequest, PoolName, RequestError};
+use crate::policy::config::{Config, GuestMode, Mode};
+use crate::policy::request::RequestError;
 use crate::state::atomic::{self, Place};
 use crate::state::ledger::OwnerCheck;
 
@@ -30,6 +32,8 @@ pub enum FlowError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Dan(#[from] DanError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -50,32 +54,14 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Flo
     }
 }
 
-/// What a spec asks for: the request annotation, else the admin's default
-/// pools, else nothing.
-pub fn requests_for(cfg: &Config, spec: &Value) -> Result<Option<Vec<NetworkRequest>>, FlowError> {
-    let annotations = spec
-        .get("annotations")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    if let Some(r) = request::request_from_annotations(&annotations)? {
-        return Ok(Some(r));
-    }
-    if cfg.defaults.networks.is_empty() {
-        return Ok(None);
-    }
-    let mut out = Vec::new();
-    for n in &cfg.defaults.networks {
-        let name: PoolName = n
-            .parse()
-            .map_err(|e| FlowError::Other(format!("defaults.networks: {e}")))?;
-        out.push(NetworkRequest::plain(name));
-    }
-    Ok(Some(out))
-}
-
-/// The spec edit for claimed VFs.
-pub fn spec_edit(cfg: &Config, owner: &str, claimed: &[ClaimedVf]) -> Result<SpecEdit, FlowError> {
+/// The spec edit for claimed VFs; `vfio` is the host's `/dev/vfio/vfio`,
+/// resolved before the claim when the plan has VFIO nodes.
+pub fn spec_edit(
+    cfg: &Config,
+    owner: &str,
+    claimed: &[ClaimedVf],
+    vfio: Option<DevNode>,
+) -> Result<SpecEdit, FlowError> {
     let mut devices = Vec::new();
     for c in claimed {
         if let Some(n) = &c.dev_node {
@@ -90,7 +76,9 @@ pub fn spec_edit(cfg: &Config, owner: &str, claimed: &[ClaimedVf]) -> Result<Spe
         }
     }
     if !devices.is_empty() {
-        let c = vfio::container_node(&cfg.dev_root).map_err(ClaimError::from)?;
+        let c = vfio.ok_or_else(|| {
+            FlowError::Other("the VFIO container node was not resolved before the claim".into())
+        })?;
         devices.push(DeviceNode {
             path: spec::VFIO_CONTAINER.into(),
             major: c.major,
@@ -99,12 +87,11 @@ pub fn spec_edit(cfg: &Config, owner: &str, claimed: &[ClaimedVf]) -> Result<Spe
     }
     let guest = claimed
         .iter()
-        .filter(|c| c.guest == GuestMode::Helper && c.mode == crate::policy::config::Mode::Vfio)
+        .filter(|c| c.guest == GuestMode::Helper && c.mode == Mode::Vfio)
         .map(ClaimedVf::guest_network)
         .collect();
     let poststop = cfg.hook.poststop.then(|| {
-        let mut h =
-            crate::integrations::hooks::default_poststop(&cfg.hook.binary, cfg.source.as_deref());
+        let mut h = hooks::default_poststop(&cfg.hook.binary, cfg.source.as_deref());
         h.timeout = Some(cfg.hook.timeout);
         h
     });
@@ -116,23 +103,27 @@ pub fn spec_edit(cfg: &Config, owner: &str, claimed: &[ClaimedVf]) -> Result<Spe
     })
 }
 
-/// Claims what `spec` asks for under `owner` and edits `spec` to match.
-/// Ok(None): nothing asked, spec untouched. Everything from the container
-/// is validated before anything is claimed; a failure after the claim
-/// releases it again.
+/// Claims what `plan` asks for under `owner` and edits `spec` to match.
+/// Ok(None): nothing asked, spec untouched. Everything that can fail
+/// without a claim (the spec's shape, the VFIO container node) is checked
+/// first; a failure after the claim releases it again.
 pub fn claim_into_spec(
     engine: &Engine<'_>,
     spec: &mut Value,
+    plan: &ContainerPlan,
     owner: &str,
     check: OwnerCheck,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
-    let Some(reqs) = requests_for(engine.cfg, spec)? else {
+    if !plan.asks() {
         return Ok(None);
-    };
+    }
     spec::check_spec(spec)?;
-    engine.check_requests(&reqs)?;
-    let claimed = engine.claim(owner, &reqs, check)?;
-    let edited = spec_edit(engine.cfg, owner, &claimed).and_then(|edit| {
+    let vfio = match plan.vfio_nodes {
+        true => Some(vfio::container_node(&engine.cfg.dev_root).map_err(ClaimError::from)?),
+        false => None,
+    };
+    let claimed = engine.claim_checked(owner, &plan.requests, check, plan.dan_file.as_deref())?;
+    let edited = spec_edit(engine.cfg, owner, &claimed, vfio).and_then(|edit| {
         let mut copy = spec.clone();
         spec::apply(&mut copy, &edit)?;
         Ok(copy)
@@ -149,75 +140,42 @@ pub fn claim_into_spec(
     }
 }
 
-/// Whether any request goes to a pool whose guest learns its network
-/// through Kata's DAN file.
-pub fn wants_dan(cfg: &Config, reqs: &[NetworkRequest]) -> bool {
-    reqs.iter().any(|r| {
-        cfg.pool(r.pool.as_str())
-            .is_some_and(|p| cfg.guest_mode(p) == GuestMode::Dan)
-    })
-}
-
 /// The shim's `start`: [`claim_into_spec`], plus, for `guest = "dan"`
-/// pools, Kata's DAN file for the sandbox (`shim_id` is the shim's `-id`).
-/// A request for a pod's non-sandbox container in DAN mode, a route
-/// without a gateway, or a foreign DAN file are refused before anything is
-/// claimed; a failure after the claim releases it.
+/// pools, Kata's DAN file for the sandbox (named by the plan, recorded in
+/// the leases by the claim itself). A foreign DAN file is refused before
+/// anything is claimed; a failure after the claim releases it.
 pub fn claim_for_shim(
     engine: &Engine<'_>,
     spec: &mut Value,
+    plan: &ContainerPlan,
     owner: &str,
     check: OwnerCheck,
-    shim_id: &str,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
-    let cfg = engine.cfg;
-    let Some(reqs) = requests_for(cfg, spec)? else {
-        return Ok(None);
-    };
-    let dan_path = if wants_dan(cfg, &reqs) {
-        let annotations = spec
-            .get("annotations")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let sid = dan::sandbox_id(&annotations, shim_id)?;
-        for r in &reqs {
-            if let Some(route) = r.l3.routes.iter().find(|x| x.via.is_none()) {
-                return Err(DanError::RouteWithoutGateway {
-                    dst: route.dst.to_string(),
-                }
-                .into());
+    let existed = match &plan.dan_file {
+        Some(p) => {
+            let existed = fs::symlink_metadata(p).is_ok();
+            if existed && !engine.owns_dan_file(p)? {
+                return Err(DanError::Foreign { path: p.clone() }.into());
             }
+            existed
         }
-        let p = dan::path(&cfg.dan.dir, &sid);
-        if fs::symlink_metadata(&p).is_ok() && !engine.owns_dan_file(&p)? {
-            return Err(DanError::Foreign { path: p }.into());
-        }
-        Some(p)
-    } else {
-        None
+        None => false,
     };
-    let claimed = claim_into_spec(engine, spec, owner, check)?;
-    let (Some(p), Some(vfs)) = (dan_path, claimed.as_ref()) else {
+    let claimed = claim_into_spec(engine, spec, plan, owner, check)?;
+    let (Some(p), Some(vfs)) = (&plan.dan_file, claimed.as_ref()) else {
         return Ok(claimed);
     };
-    let written = (|| -> Result<(), FlowError> {
-        let ours: Vec<&ClaimedVf> = vfs.iter().filter(|c| c.guest == GuestMode::Dan).collect();
-        let doc = dan::document(&ours)?;
-        let existed = fs::symlink_metadata(&p).is_ok();
-        engine.record_dan_file(owner, Some(&p))?;
-        if let Err(e) = dan::write(&p, &doc, existed) {
-            // Never let a release delete a file we did not write.
-            engine.record_dan_file(owner, None)?;
-            return Err(e.into());
-        }
-        Ok(())
-    })();
+    let ours: Vec<&ClaimedVf> = vfs.iter().filter(|c| c.guest == GuestMode::Dan).collect();
+    let written = dan::document(&ours).and_then(|doc| dan::write(p, &doc, existed));
     match written {
         Ok(()) => Ok(claimed),
         Err(e) => {
+            // Never let a release delete a file we did not write.
+            if matches!(e, DanError::Foreign { .. }) {
+                let _ = engine.set_dan_file(owner, None);
+            }
             let _ = engine.release(owner);
-            Err(e)
+            Err(e.into())
         }
     }
 }

@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
 use crate::ifconf::{IfConf, IfconfError, Link};
-use crate::integrations::flow::{self, FlowError};
+use crate::integrations::flow::FlowError;
 use crate::kernel::netns::{find_named, ns_id, open_pid_netns, own_netns, NetnsError};
 use crate::kernel::sysfs::SysfsError;
+use crate::oci::plan::ContainerPlan;
 use crate::oci::state::HookState;
 use crate::pci::{IfName, MacAddr, PciAddress};
 use crate::policy::config::Mode;
 use crate::policy::owner::{self, OwnerError};
-use crate::state::ledger::{self, LedgerError, NetdevMove, OwnerCheck};
+use crate::state::ledger::{NetdevMove, OwnerCheck};
 
 /// How long to wait for a VF's own lock when recording a move.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -33,23 +34,25 @@ pub enum NetdevError {
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Owner(#[from] OwnerError),
+    #[error(transparent)]
+    Lease(Box<ClaimError>),
     #[error("{vf}: has no network interface on the host (is its driver loaded?)")]
     NoNetdev { vf: PciAddress },
     #[error("pid {pid} is in the host's own network namespace; netdev mode needs a container with its own network namespace")]
     HostNamespace { pid: u32 },
     #[error("{vf}: interface {name} is not in the container's network namespace after the move")]
     Vanished { vf: PciAddress, name: IfName },
-    #[error("{vf}: its lease disappeared while recording the move")]
-    LeaseGone { vf: PciAddress },
-    #[error("{vf}: another process is working on this VF; try again")]
-    Busy { vf: PciAddress },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<ClaimError> for NetdevError {
+    fn from(e: ClaimError) -> Self {
+        NetdevError::Lease(Box::new(e))
+    }
 }
 
 /// The errors of the create-runtime flow.
@@ -129,16 +132,17 @@ pub fn create_runtime(
     state: &HookState,
     config: &serde_json::Value,
 ) -> Result<Vec<Attached>, HookError> {
-    let Some(reqs) = flow::requests_for(engine.cfg, config)? else {
-        return Ok(Vec::new());
-    };
-    let wants_netdev = reqs.iter().any(|r| {
-        engine
-            .cfg
-            .pool(r.pool.as_str())
-            .is_some_and(|p| p.mode == Mode::Netdev)
-    });
-    if !wants_netdev {
+    let plan = ContainerPlan::from_spec(engine.cfg, config).map_err(FlowError::from)?;
+    create_runtime_planned(engine, state, &plan)
+}
+
+/// [`create_runtime`] for a container whose plan is made.
+pub fn create_runtime_planned(
+    engine: &Engine<'_>,
+    state: &HookState,
+    plan: &ContainerPlan,
+) -> Result<Vec<Attached>, HookError> {
+    if !plan.netdev {
         return Ok(Vec::new());
     }
     let pid = match state.pid {
@@ -155,7 +159,7 @@ pub fn create_runtime(
         Some(b) => OwnerCheck::Bundle(b.clone()),
         None => OwnerCheck::None,
     };
-    let claimed = engine.claim(&owner, &reqs, check)?;
+    let claimed = engine.claim_checked(&owner, &plan.requests, check, None)?;
     match attach_all(engine, &claimed, pid) {
         Ok(a) => Ok(a),
         Err(e) => Err(match engine.release(&owner) {
@@ -206,15 +210,8 @@ fn attach(
     name: IfName,
 ) -> Result<Attached, NetdevError> {
     let vf = c.vf;
-    let _guard = engine
-        .ledger
-        .lock_vf(vf, LOCK_WAIT)?
-        .ok_or(NetdevError::Busy { vf })?;
-    let mut lease = engine
-        .ledger
-        .read(vf)?
-        .ok_or(NetdevError::LeaseGone { vf })?;
-    let mv = match &lease.netdev_move {
+    let mut held = engine.hold(vf, LOCK_WAIT)?;
+    let mv = match &held.lease.netdev_move {
         Some(mv) => mv.clone(),
         None => {
             let host_name = c.netdev.clone().ok_or(NetdevError::NoNetdev { vf })?;
@@ -228,13 +225,15 @@ fn attach(
         }
     };
     let on_host = host.link_by_name(mv.host_name.as_str())?;
-    let mac = lease.mac.or_else(|| on_host.as_ref().and_then(|l| l.mac));
+    let mac = held
+        .lease
+        .mac
+        .or_else(|| on_host.as_ref().and_then(|l| l.mac));
     let already = find_named(inner, &mv.container_name, mac)?;
-    if lease.netdev_move.as_ref() != Some(&mv) || lease.mac != mac {
-        lease.netdev_move = Some(mv.clone());
-        lease.mac = mac;
-        lease.updated = ledger::now_secs();
-        engine.ledger.update(&lease)?;
+    if held.lease.netdev_move.as_ref() != Some(&mv) || held.lease.mac != mac {
+        held.lease.netdev_move = Some(mv.clone());
+        held.lease.mac = mac;
+        held.commit()?;
     }
     if already.is_none() {
         let Some(l) = on_host else {

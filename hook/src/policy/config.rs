@@ -16,20 +16,74 @@
 //! ```
 
 use std::collections::HashSet;
+use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::kernel::netlink::VfSetting;
-use crate::pci::{LinkState, MacAddr, Qos, VlanId, VlanProto};
-use crate::policy::request::PoolName;
+use crate::pci::{LinkState, MacAddr, ParseError, Qos, VlanId, VlanProto};
 
 pub const DEFAULT_PATH: &str = "/etc/kata-sriov/config.toml";
 pub const ENV_PATH: &str = "KATA_SRIOV_CONFIG";
 /// Largest config file accepted.
 const MAX_CONFIG: u64 = 1 << 20;
+
+/// Longest pool name.
+pub const MAX_POOL_NAME: usize = 64;
+
+/// The name of a pool: 1 to 64 bytes of `[A-Za-z0-9_.-]`, not starting with
+/// `.` or `-` (so it is safe in a file name and never looks like an option).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolName(String);
+
+impl PoolName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for PoolName {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let err = |reason| ParseError::new("pool name", s, reason);
+        if s.is_empty() || s.len() > MAX_POOL_NAME {
+            return Err(err("must be 1 to 64 bytes"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(err("only letters, digits, '_', '.' and '-' are allowed"));
+        }
+        if s.starts_with(['.', '-']) {
+            return Err(err("must not start with '.' or '-'"));
+        }
+        Ok(PoolName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for PoolName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

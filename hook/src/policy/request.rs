@@ -24,14 +24,14 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use serde::de::{self, DeserializeOwned, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::guestnet::{IpCidr, L3Config, L3Error, Route};
 use crate::pci::{IfName, MacAddr, ParseError};
+pub use crate::policy::config::{PoolName, MAX_POOL_NAME};
 
 /// Annotation a container sets to ask for VFs.
 pub const REQUEST_ANNOTATION: &str = "io.kata-sriov.networks";
@@ -39,58 +39,6 @@ pub const REQUEST_ANNOTATION: &str = "io.kata-sriov.networks";
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Most VFs one container may ask for.
 pub const MAX_REQUESTS: usize = 32;
-/// Longest pool name.
-pub const MAX_POOL_NAME: usize = 64;
-
-/// The name of a pool: 1 to 64 bytes of `[A-Za-z0-9_.-]`, not starting with
-/// `.` or `-` (so it is safe in a file name and never looks like an option).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PoolName(String);
-
-impl PoolName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for PoolName {
-    type Err = ParseError;
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        let err = |reason| ParseError::new("pool name", s, reason);
-        if s.is_empty() || s.len() > MAX_POOL_NAME {
-            return Err(err("must be 1 to 64 bytes"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
-            return Err(err("only letters, digits, '_', '.' and '-' are allowed"));
-        }
-        if s.starts_with(['.', '-']) {
-            return Err(err("must not start with '.' or '-'"));
-        }
-        Ok(PoolName(s.to_owned()))
-    }
-}
-
-impl fmt::Display for PoolName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Serialize for PoolName {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for PoolName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
-    }
-}
 
 /// One VF a container asks for. Serializes to the JSON entry form, which
 /// [`parse_request`] reads back to the same value.

@@ -1,0 +1,89 @@
+//! The engine's door to the ledger for everything outside claim and
+//! release: reading an owner's leases, and changing one lease under its
+//! VF's lock ([`Engine::hold`] then [`HeldLease::commit`], the one
+//! lock-read-modify-write path). Integrations never open the ledger.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::engine::claim::{ClaimError, Engine};
+use crate::pci::PciAddress;
+use crate::state::ledger::{self, Lease, LockGuard};
+
+/// How long a change to one lease waits for its VF's lock.
+pub const HOLD_WAIT: Duration = Duration::from_secs(30);
+
+/// A lease read under its VF's lock; changes are written by
+/// [`HeldLease::commit`] while the lock is still held.
+pub struct HeldLease<'e> {
+    engine: &'e Engine<'e>,
+    pub lease: Lease,
+    _guard: LockGuard,
+}
+
+impl HeldLease<'_> {
+    /// Writes the (changed) lease atomically, stamping `updated`.
+    pub fn commit(&mut self) -> Result<(), ClaimError> {
+        self.lease.updated = ledger::now_secs();
+        self.engine.ledger.update(&self.lease)?;
+        Ok(())
+    }
+}
+
+impl<'a> Engine<'a> {
+    /// Takes `vf`'s lock (waiting up to `wait`) and reads its lease.
+    pub fn hold(&'a self, vf: PciAddress, wait: Duration) -> Result<HeldLease<'a>, ClaimError> {
+        let guard = self
+            .ledger
+            .lock_vf(vf, wait)?
+            .ok_or(ClaimError::Busy { vf })?;
+        let lease = self.ledger.read(vf)?.ok_or(ClaimError::LeaseGone { vf })?;
+        Ok(HeldLease {
+            engine: self,
+            lease,
+            _guard: guard,
+        })
+    }
+
+    /// The readable leases recorded under `owner`.
+    pub fn leases_of(&self, owner: &str) -> Result<Vec<Lease>, ClaimError> {
+        Ok(self
+            .ledger
+            .list()?
+            .into_iter()
+            .filter_map(|e| e.lease.ok())
+            .filter(|l| l.owner == owner)
+            .collect())
+    }
+
+    /// Whether some lease records `path` as its DAN file.
+    pub fn owns_dan_file(&self, path: &Path) -> Result<bool, ClaimError> {
+        Ok(self
+            .ledger
+            .list()?
+            .into_iter()
+            .filter_map(|e| e.lease.ok())
+            .any(|l| l.dan_file.as_deref() == Some(path)))
+    }
+
+    /// Sets (or clears) the DAN file recorded in each of `owner`'s leases.
+    pub fn set_dan_file(&self, owner: &str, path: Option<&Path>) -> Result<(), ClaimError> {
+        for l in self.leases_of(owner)? {
+            let mut held = self.hold(l.vf, HOLD_WAIT)?;
+            held.lease.dan_file = path.map(Path::to_path_buf);
+            held.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The host-wide lock, for state that must change together with the
+    /// set of leases (the Docker driver's network map).
+    pub fn host_lock(&self) -> Result<LockGuard, ClaimError> {
+        Ok(self.ledger.lock_global()?)
+    }
+
+    /// The state directory (where integrations keep their own files).
+    pub fn state_dir(&self) -> PathBuf {
+        self.ledger.dir().to_path_buf()
+    }
+}
