@@ -22,13 +22,19 @@ pub enum PlanError {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
-    Claim(#[from] ClaimError),
+    Claim(Box<ClaimError>),
     #[error(transparent)]
     Dan(#[from] DanError),
     #[error("config: defaults.networks: {0:?} is not a pool name")]
     BadDefault(String, #[source] crate::pci::ParseError),
     #[error("pools with guest = \"dan\" work only through containerd-shim-kata-sriov-v2 (Kata reads the DAN file when it creates the sandbox, which a hook cannot name)")]
     DanNeedsShim,
+}
+
+impl From<ClaimError> for PlanError {
+    fn from(e: ClaimError) -> Self {
+        PlanError::Claim(Box::new(e))
+    }
 }
 
 /// What the CRI says the container is.
