@@ -3,7 +3,7 @@
 //! NICs into the target network namespace when that is not the helper's
 //! own, then sets name, MAC, MTU, addresses, up, routes and default route.
 //!
-//! Kernel interfaces: rtnetlink through `kata_sriov::ifconf`; sysfs under
+//! Kernel interfaces: rtnetlink through `kata_sriov_guest::IfConf`; sysfs under
 //! the given root for PCI information (see [`crate::nics`]);
 //! `/proc/<pid>/ns/net` and `/proc/thread-self/ns/net` to find and compare
 //! network namespaces.
@@ -15,9 +15,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kata_sriov::guestnet::GuestNetwork;
-use kata_sriov::ifconf::{Added, IfConf, IfconfError, Link};
-use kata_sriov::pci::IfName;
+use kata_sriov_guest::{Added, GuestNetwork, IfConf, IfName, IfconfError, Link};
 
 use crate::log::Log;
 use crate::nics::{self, describe, pci_info, MatchError, Nic, Pick};
