@@ -1,8 +1,9 @@
 //! Link configuration over rtnetlink: list links and addresses; set a
 //! link's name, MAC, MTU and up/down state; add IPv4/IPv6 addresses, routes
 //! and a default route; move a link into another network namespace (by pid,
-//! `IFLA_NET_NS_PID`, or by namespace fd, `IFLA_NET_NS_FD`). Used by the
-//! guest helper and by the host's netdev mode.
+//! `IFLA_NET_NS_PID`, or by namespace fd, `IFLA_NET_NS_FD`); and the one
+//! sequence that brings a link to an [`L3Config`] ([`IfConf::apply_l3`]).
+//! Used by the guest helper and by the host's netdev mode.
 //!
 //! Kernel interfaces: `NETLINK_ROUTE` through [`Rtnl`]
 //! (`RTM_GETLINK`/`RTM_SETLINK`, `RTM_GETADDR`/`RTM_NEWADDR`,
@@ -28,7 +29,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::sched::{setns, CloneFlags};
 
-use crate::contract::{IpCidr, Route};
+use crate::contract::{IpCidr, L3Config, Route};
 use crate::rtnl::{Rtnl, RtnlError};
 use crate::types::{IfName, MacAddr};
 
@@ -130,6 +131,47 @@ fn nl(what: impl Into<String>) -> impl FnOnce(RtnlError) -> IfconfError {
 pub enum Added {
     Added,
     AlreadyThere,
+}
+
+/// One change made by [`IfConf::apply_l3`]. Displayed as the guest helper
+/// logs it: `down`, `renamed eth1 to net1`, `mac 02:..`, `mtu 1500`,
+/// `address 10.0.0.5/24`, `up`, `route 10.1.0.0/16 via 10.0.0.1`,
+/// `default via 10.0.0.1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Taken down to be renamed or re-MACed.
+    Down,
+    Renamed {
+        from: String,
+        to: IfName,
+    },
+    Mac(MacAddr),
+    Mtu(u32),
+    Address(IpCidr),
+    Up,
+    Route(Route),
+    DefaultRoute(IpAddr),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Down => f.write_str("down"),
+            Change::Renamed { from, to } => write!(f, "renamed {from} to {to}"),
+            Change::Mac(m) => write!(f, "mac {m}"),
+            Change::Mtu(m) => write!(f, "mtu {m}"),
+            Change::Address(ip) => write!(f, "address {ip}"),
+            Change::Up => f.write_str("up"),
+            Change::Route(r) => {
+                write!(f, "route {}", r.dst)?;
+                match r.via {
+                    Some(v) => write!(f, " via {v}"),
+                    None => Ok(()),
+                }
+            }
+            Change::DefaultRoute(gw) => write!(f, "default via {gw}"),
+        }
+    }
 }
 
 /// Link configuration on one rtnetlink socket (one network namespace: the
@@ -499,6 +541,70 @@ impl IfConf {
             },
         )
     }
+
+    /// Brings `link` to the L3 settings `l3` and the MAC `mac`, in this
+    /// order: down (only when the link is up and must be renamed or
+    /// re-MACed), name (`l3.name`), MAC, MTU, addresses (IPv4 with their
+    /// broadcast address), up, routes, default route (`l3.gateway`). The link
+    /// is read again first and every step is skipped when already as asked,
+    /// so a second call changes nothing and returns no changes. An address or
+    /// route that is there differently is an error
+    /// ([`IfConf::add_address`], [`IfConf::add_route`]); nothing is replaced.
+    /// Returns what it changed, in order. The one apply sequence of the guest
+    /// helper and of the host's netdev mode.
+    pub fn apply_l3(
+        &self,
+        link: &Link,
+        l3: &L3Config,
+        mac: Option<MacAddr>,
+    ) -> Result<Vec<Change>, IfconfError> {
+        let index = link.index;
+        let now = self.link(index)?.unwrap_or_else(|| link.clone());
+        let rename = l3.name.as_ref().filter(|want| want.as_str() != now.name);
+        let remac = mac.filter(|m| now.mac != Some(*m));
+        let mut changes = Vec::new();
+        let mut up = now.up;
+        if up && (rename.is_some() || remac.is_some()) {
+            self.set_up(index, false)?;
+            up = false;
+            changes.push(Change::Down);
+        }
+        if let Some(want) = rename {
+            self.set_name(index, want)?;
+            changes.push(Change::Renamed {
+                from: now.name.clone(),
+                to: want.clone(),
+            });
+        }
+        if let Some(m) = remac {
+            self.set_mac(index, m)?;
+            changes.push(Change::Mac(m));
+        }
+        if let Some(mtu) = l3.mtu.filter(|m| *m != now.mtu) {
+            self.set_mtu(index, mtu)?;
+            changes.push(Change::Mtu(mtu));
+        }
+        for ip in &l3.ips {
+            if self.add_address(index, *ip)? == Added::Added {
+                changes.push(Change::Address(*ip));
+            }
+        }
+        if !up {
+            self.set_up(index, true)?;
+            changes.push(Change::Up);
+        }
+        for r in &l3.routes {
+            if self.add_route(index, r)? == Added::Added {
+                changes.push(Change::Route(r.clone()));
+            }
+        }
+        if let Some(gw) = l3.gateway {
+            if self.add_default_route(index, gw)? == Added::Added {
+                changes.push(Change::DefaultRoute(gw));
+            }
+        }
+        Ok(changes)
+    }
 }
 
 fn family(ip: IpAddr) -> AddressFamily {
@@ -856,6 +962,72 @@ mod tests {
         assert!(listed.iter().any(|e| e.dst == cidr("0.0.0.0/0")
             && e.gateway == Some("10.40.0.1".parse().unwrap())
             && e.oif == Some(idx)));
+    }
+
+    #[test]
+    fn apply_l3_goes_in_order_and_only_once() {
+        let ns = Ns::new("apply");
+        let idx = ns.veth("v1", "02:11:00:00:00:01");
+        ns.ip(&["link", "set", "v1", "up"]);
+        let c = ns.conf();
+        let l3: L3Config = serde_json::from_str(
+            r#"{"name":"net1","ips":["10.60.0.5/24","fd60::5/64"],"gateway":"10.60.0.1",
+                "routes":[{"dst":"10.61.0.0/16","via":"10.60.0.1"},{"dst":"10.62.0.0/16"}],
+                "mtu":1400}"#,
+        )
+        .unwrap();
+        let mac: MacAddr = "02:11:00:00:00:02".parse().unwrap();
+        let before = c.link(idx).unwrap().unwrap();
+        assert!(before.up);
+        let shown = |v: Vec<Change>| -> Vec<String> { v.iter().map(|c| c.to_string()).collect() };
+        assert_eq!(
+            shown(c.apply_l3(&before, &l3, Some(mac)).unwrap()),
+            [
+                "down",
+                "renamed v1 to net1",
+                "mac 02:11:00:00:00:02",
+                "mtu 1400",
+                "address 10.60.0.5/24",
+                "address fd60::5/64",
+                "up",
+                "route 10.61.0.0/16 via 10.60.0.1",
+                "route 10.62.0.0/16",
+                "default via 10.60.0.1",
+            ]
+        );
+        let j = &ns.json(&["link", "show", "dev", "net1"])[0];
+        assert_eq!(j["ifindex"], idx);
+        assert_eq!(j["address"], "02:11:00:00:00:02");
+        assert_eq!(j["mtu"], 1400);
+        assert!(j["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+        assert_eq!(ns.addrs("net1"), vec!["10.60.0.5/24", "fd60::5/64"]);
+        let mut v4 = ns.routes("-4");
+        v4.sort();
+        assert_eq!(
+            v4,
+            vec![
+                "10.61.0.0/16 10.60.0.1 net1",
+                "10.62.0.0/16 - net1",
+                "default 10.60.0.1 net1"
+            ]
+        );
+        // Again, even from the stale link read before: nothing to do.
+        assert_eq!(c.apply_l3(&before, &l3, Some(mac)).unwrap(), vec![]);
+        assert_eq!(ns.json(&["link", "show", "dev", "net1"])[0]["mtu"], 1400);
+
+        // A link that is down is not taken down first; nothing asked, nothing
+        // but up is done.
+        let idx2 = ns.veth("v2", "02:11:00:00:00:03");
+        let v2 = c.link(idx2).unwrap().unwrap();
+        assert!(!v2.up);
+        let none = L3Config::default();
+        assert_eq!(shown(c.apply_l3(&v2, &none, None).unwrap()), ["up"]);
+        assert_eq!(c.apply_l3(&v2, &none, None).unwrap(), vec![]);
+        let after = c.link(idx2).unwrap().unwrap();
+        assert_eq!(
+            (after.name.as_str(), after.mac, after.mtu),
+            ("v2", v2.mac, 1500)
+        );
     }
 
     struct Sleeper(Child);

@@ -10,7 +10,9 @@
 //!   [`GuestNetwork`] per VF with its [`L3Config`], parsed and validated by
 //!   [`parse_guest_networks`]. The host engine writes it with the same types;
 //! - a small blocking rtnetlink client, [`Rtnl`];
-//! - link configuration on it, [`IfConf`].
+//! - link configuration on it, [`IfConf`], with the one L3 apply sequence
+//!   ([`IfConf::apply_l3`]) used by the guest helper and by the host's
+//!   netdev mode.
 //!
 //! The host engine (`kata-sriov`) depends on this crate for all of these.
 
@@ -23,7 +25,7 @@ pub use contract::{
     parse_guest_networks, validate_guest_networks, GuestNetError, GuestNetwork, IpCidr, L3Config,
     L3Error, Route, CMDLINE_KEY, GUEST_ANNOTATION, MAX_GUEST_JSON, MAX_LIST,
 };
-pub use ifconf::{Added, IfConf, IfconfError, Link, LinkAddress, RouteEntry};
+pub use ifconf::{Added, Change, IfConf, IfconfError, Link, LinkAddress, RouteEntry};
 pub use rtnl::{errno_name, RawReply, Rtnl, RtnlError};
 pub use types::{IfName, MacAddr, ParseError, PciAddress, PciId};
 

@@ -1,4 +1,4 @@
 //! Link configuration over rtnetlink ([`IfConf`]): owned by the guest
 //! library, re-exported here.
 
-pub use kata_sriov_guest::{Added, IfConf, IfconfError, Link, LinkAddress, RouteEntry};
+pub use kata_sriov_guest::{Added, Change, IfConf, IfconfError, Link, LinkAddress, RouteEntry};

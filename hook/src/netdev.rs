@@ -316,7 +316,7 @@ fn attach(
             vf,
             name: mv.container_name.clone(),
         })?;
-    configure(inner, &link, c, mac)?;
+    inner.apply_l3(&link, &c.l3, mac)?;
     Ok(Attached {
         vf,
         pool: c.pool.clone(),
@@ -335,39 +335,6 @@ fn find_named(
     Ok(ifc
         .link_by_name(name.as_str())?
         .filter(|l| mac.is_none() || l.mac == mac))
-}
-
-/// MAC, MTU, up, addresses, routes and default route of a moved interface.
-fn configure(
-    ifc: &IfConf,
-    link: &Link,
-    c: &ClaimedVf,
-    mac: Option<MacAddr>,
-) -> Result<(), NetdevError> {
-    let i = link.index;
-    if let Some(m) = mac {
-        if link.mac != Some(m) {
-            ifc.set_mac(i, m)?;
-        }
-    }
-    if let Some(mtu) = c.l3.mtu {
-        if link.mtu != mtu {
-            ifc.set_mtu(i, mtu)?;
-        }
-    }
-    if !link.up {
-        ifc.set_up(i, true)?;
-    }
-    for ip in &c.l3.ips {
-        ifc.add_address(i, *ip)?;
-    }
-    for r in &c.l3.routes {
-        ifc.add_route(i, r)?;
-    }
-    if let Some(gw) = c.l3.gateway {
-        ifc.add_default_route(i, gw)?;
-    }
-    Ok(())
 }
 
 /// Brings a VF's interface back into the calling thread's (the host's)
