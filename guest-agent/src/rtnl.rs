@@ -12,7 +12,7 @@
 //! answered when the kernel's `NLMSG_ERROR` arrives (code 0 = success);
 //! dump requests (`NLM_F_DUMP`) collect the multipart answer until
 //! `NLMSG_DONE`. The socket has a receive timeout (`SO_RCVTIMEO`,
-//! [`DEFAULT_TIMEOUT`] unless told otherwise), so no request waits forever.
+//! [`Rtnl::DEFAULT_TIMEOUT`] unless told otherwise), so no request waits forever.
 //! Extended ACKs (`NETLINK_EXT_ACK`) are turned on: the kernel's own error
 //! text, when it gives one, is part of the error.
 
@@ -32,9 +32,6 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
-
-/// How long one receive may wait for the kernel before the request fails.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `NLM_F_CAPPED` / `NLM_F_ACK_TLVS` on an `NLMSG_ERROR` (not exported by
 /// netlink-packet-core under these names on every version).
@@ -191,10 +188,14 @@ impl fmt::Debug for Rtnl {
 }
 
 impl Rtnl {
+    /// How long one receive may wait for the kernel before the request
+    /// fails, unless told otherwise.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
     /// Opens a socket in the calling thread's network namespace, with
-    /// [`DEFAULT_TIMEOUT`].
+    /// [`Rtnl::DEFAULT_TIMEOUT`].
     pub fn open() -> Result<Rtnl, RtnlError> {
-        Rtnl::open_with_timeout(DEFAULT_TIMEOUT)
+        Rtnl::open_with_timeout(Rtnl::DEFAULT_TIMEOUT)
     }
 
     /// Opens a socket whose every receive waits at most `timeout`.
