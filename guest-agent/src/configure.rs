@@ -1,9 +1,10 @@
 //! Turns a validated description into configured NICs: waits (bounded) for
 //! every entry's NIC, decides all of them before changing anything, moves
 //! NICs into the target network namespace when that is not the helper's
-//! own, then sets name, MAC, MTU, addresses, up, routes and default route.
+//! own, then sets name, MAC, MTU, addresses, up, routes and default route
+//! ([`IfConf::apply_l3`]).
 //!
-//! Kernel interfaces: rtnetlink through `kata_sriov::ifconf`; sysfs under
+//! Kernel interfaces: rtnetlink through `kata_sriov_guest::IfConf`; sysfs under
 //! the given root for PCI information (see [`crate::nics`]);
 //! `/proc/<pid>/ns/net` and `/proc/thread-self/ns/net` to find and compare
 //! network namespaces.
@@ -15,9 +16,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kata_sriov::guestnet::GuestNetwork;
-use kata_sriov::ifconf::{Added, IfConf, IfconfError, Link};
-use kata_sriov::pci::IfName;
+use kata_sriov_guest::{GuestNetwork, IfConf, IfName, IfconfError};
 
 use crate::log::Log;
 use crate::nics::{self, describe, pci_info, MatchError, Nic, Pick};
@@ -231,7 +230,11 @@ pub fn configure(
             (Some(t), Pick::Target(_)) => (&t.conf, nic.link.clone()),
             (None, _) => (&local, nic.link.clone()),
         };
-        apply(conf, &link, n, &mut changes)?;
+        changes.extend(
+            conf.apply_l3(&link, &n.l3, n.mac)?
+                .iter()
+                .map(ToString::to_string),
+        );
         let name =
             n.l3.name
                 .as_ref()
@@ -255,59 +258,4 @@ pub fn configure(
         });
     }
     Ok(out)
-}
-
-/// Brings one link to the entry's configuration, recording each change.
-fn apply(
-    conf: &IfConf,
-    start: &Link,
-    n: &GuestNetwork,
-    changes: &mut Vec<String>,
-) -> Result<(), ConfigureError> {
-    let index = start.index;
-    let link = conf.link(index)?.unwrap_or_else(|| start.clone());
-    let rename = n.l3.name.as_ref().filter(|want| want.as_str() != link.name);
-    let remac = n.mac.filter(|m| link.mac != Some(*m));
-    let mut up = link.up;
-    if up && (rename.is_some() || remac.is_some()) {
-        conf.set_up(index, false)?;
-        up = false;
-        changes.push("down".to_owned());
-    }
-    if let Some(want) = rename {
-        conf.set_name(index, want)?;
-        changes.push(format!("renamed {} to {want}", link.name));
-    }
-    if let Some(m) = remac {
-        conf.set_mac(index, m)?;
-        changes.push(format!("mac {m}"));
-    }
-    if let Some(mtu) = n.l3.mtu.filter(|m| *m != link.mtu) {
-        conf.set_mtu(index, mtu)?;
-        changes.push(format!("mtu {mtu}"));
-    }
-    for ip in &n.l3.ips {
-        if conf.add_address(index, *ip)? == Added::Added {
-            changes.push(format!("address {ip}"));
-        }
-    }
-    if !up {
-        conf.set_up(index, true)?;
-        changes.push("up".to_owned());
-    }
-    for r in &n.l3.routes {
-        if conf.add_route(index, r)? == Added::Added {
-            changes.push(format!(
-                "route {}{}",
-                r.dst,
-                r.via.map(|v| format!(" via {v}")).unwrap_or_default()
-            ));
-        }
-    }
-    if let Some(gw) = n.l3.gateway {
-        if conf.add_default_route(index, gw)? == Added::Added {
-            changes.push(format!("default via {gw}"));
-        }
-    }
-    Ok(())
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use kata_sriov::guestnet::{
+use kata_sriov_guest::{
     parse_guest_networks, GuestNetError, GuestNetwork, CMDLINE_KEY, GUEST_ANNOTATION,
     MAX_GUEST_JSON,
 };

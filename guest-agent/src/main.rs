@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kata_sriov::guestnet::GuestNetwork;
+use kata_sriov_guest::GuestNetwork;
 
 use crate::configure::Options;
 use crate::log::Log;
@@ -131,7 +131,7 @@ fn networks(args: &Args, log: &Log) -> anyhow::Result<(Option<Vec<GuestNetwork>>
                 )),
                 None => log.info(&format!(
                     "container {who}: no {} annotation; nothing to do",
-                    kata_sriov::guestnet::GUEST_ANNOTATION
+                    kata_sriov_guest::GUEST_ANNOTATION
                 )),
             }
             (h.networks, h.pid)
@@ -143,7 +143,7 @@ fn networks(args: &Args, log: &Log) -> anyhow::Result<(Option<Vec<GuestNetwork>>
                 log.info(&format!(
                     "{}: no {}=; nothing to do",
                     p.display(),
-                    kata_sriov::guestnet::CMDLINE_KEY
+                    kata_sriov_guest::CMDLINE_KEY
                 ));
             }
             (n, None)
@@ -209,7 +209,7 @@ mod tests {
         let inner = std::io::Error::other("disk on fire");
         let e = anyhow::Error::new(inner).context("reading x");
         assert_eq!(one_line(&e), "reading x: disk on fire");
-        let parsed = kata_sriov::guestnet::parse_guest_networks("{").unwrap_err();
+        let parsed = kata_sriov_guest::parse_guest_networks("{").unwrap_err();
         let shown = parsed.to_string();
         let e = anyhow::Error::new(parsed).context("stdin");
         assert_eq!(one_line(&e), format!("stdin: {shown}"));

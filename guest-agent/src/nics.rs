@@ -1,6 +1,6 @@
 //! The NICs the helper sees and which one each description entry means.
 //!
-//! Links come from rtnetlink (through `kata_sriov::ifconf`); their PCI side
+//! Links come from rtnetlink (through `kata_sriov_guest::IfConf`); their PCI side
 //! from sysfs under a root (`/sys` in production, a tree built by a test
 //! otherwise): `class/net/<name>/ifindex`, the `class/net/<name>/device`
 //! link (its last component is the PCI address), `device/vendor`,
@@ -13,9 +13,7 @@ use std::fmt;
 use std::fs;
 use std::path::Path;
 
-use kata_sriov::guestnet::{GuestNetwork, IpCidr};
-use kata_sriov::ifconf::Link;
-use kata_sriov::pci::{IfName, MacAddr, PciAddress, PciId};
+use kata_sriov_guest::{GuestNetwork, IfName, IpCidr, Link, MacAddr, PciAddress, PciId};
 
 /// The PCI device behind a netdev.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +296,7 @@ fn by_mac(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kata_sriov::guestnet::parse_guest_networks;
+    use kata_sriov_guest::parse_guest_networks;
     use std::os::unix::fs::symlink;
 
     fn nic(index: u32, name: &str, mac: &str, pci: Option<(&str, &str)>, addrs: &[&str]) -> Nic {

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
-use crate::ifconf::{IfConf, IfconfError, Link};
+use crate::ifconf::{IfConf, IfconfError};
 use crate::integrations::flow::FlowError;
 use crate::kernel::netns::{find_named, ns_id, open_pid_netns, own_netns, NetnsError};
 use crate::kernel::sysfs::SysfsError;
@@ -247,7 +247,7 @@ fn attach(
             vf,
             name: mv.container_name.clone(),
         })?;
-    configure(inner, &link, c, mac)?;
+    inner.apply_l3(&link, &c.l3, mac)?;
     Ok(Attached {
         vf,
         pool: c.pool.clone(),
@@ -255,39 +255,6 @@ fn attach(
         container_name: mv.container_name,
         mac,
     })
-}
-
-/// MAC, MTU, up, addresses, routes and default route of a moved interface.
-fn configure(
-    ifc: &IfConf,
-    link: &Link,
-    c: &ClaimedVf,
-    mac: Option<MacAddr>,
-) -> Result<(), NetdevError> {
-    let i = link.index;
-    if let Some(m) = mac {
-        if link.mac != Some(m) {
-            ifc.set_mac(i, m)?;
-        }
-    }
-    if let Some(mtu) = c.l3.mtu {
-        if link.mtu != mtu {
-            ifc.set_mtu(i, mtu)?;
-        }
-    }
-    if !link.up {
-        ifc.set_up(i, true)?;
-    }
-    for ip in &c.l3.ips {
-        ifc.add_address(i, *ip)?;
-    }
-    for r in &c.l3.routes {
-        ifc.add_route(i, r)?;
-    }
-    if let Some(gw) = c.l3.gateway {
-        ifc.add_default_route(i, gw)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
