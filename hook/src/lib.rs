@@ -15,4 +15,5 @@ pub mod pci;
 pub mod policy;
 pub mod rtnl;
 pub mod state;
+#[cfg(any(test, feature = "fakes"))]
 pub mod testing;

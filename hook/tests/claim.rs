@@ -332,7 +332,7 @@ fn pool_without_settings_makes_no_netlink_call_and_prebound_vfs_stay() {
 #[test]
 fn a_setting_the_driver_silently_ignores_is_caught_by_the_read_back() {
     let lab = lab_with(1, POOL);
-    let nl = kata_sriov::kernel::netlink::RecordingNetlink::new();
+    let nl = kata_sriov::testing::RecordingNetlink::new();
     let pf: kata_sriov::pci::IfName = "ens1f0".parse().unwrap();
     nl.add_pf(&pf, 1);
     nl.ignore_setting(VfSettingKind::Trust);

@@ -7,10 +7,11 @@
 use std::path::Path;
 
 use kata_sriov::engine::claim::Engine;
-use kata_sriov::kernel::netlink::{RecordingNetlink, VfSettings};
+use kata_sriov::kernel::netlink::VfSettings;
 use kata_sriov::policy::config::Config;
 use kata_sriov::policy::request::parse_request;
 use kata_sriov::state::ledger::OwnerCheck;
+use kata_sriov::testing::RecordingNetlink;
 use kata_sriov::testing::{FakeBinder, FakeSysfs};
 
 fn open_fds() -> usize {

@@ -10,13 +10,12 @@ use std::path::Path;
 
 use kata_sriov::admin::setup::{Setup, SetupReport};
 use kata_sriov::guestnet::L3Config;
-use kata_sriov::kernel::netlink::{
-    Call, NetlinkError, RecordingNetlink, VfNetlink, VfSetting, VfSettingKind, VfSettings,
-};
+use kata_sriov::kernel::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
 use kata_sriov::kernel::vfio::VfioError;
 use kata_sriov::pci::{IfName, MacAddr, PciAddress, VlanId};
 use kata_sriov::policy::config::Config;
 use kata_sriov::state::ledger::{now_secs, Lease, LeaseState, Ledger, OwnerCheck};
+use kata_sriov::testing::{Call, RecordingNetlink};
 use kata_sriov::testing::{FakeSysfs, FileNetlink};
 
 /// FileNetlink plus the PF's `flags` file, which link_up sets like the kernel.

@@ -12,10 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kata_sriov::engine::claim::Engine;
-use kata_sriov::kernel::netlink::RecordingNetlink;
 use kata_sriov::policy::config::Config;
 use kata_sriov::policy::request::parse_request;
 use kata_sriov::state::ledger::OwnerCheck;
+use kata_sriov::testing::RecordingNetlink;
 use kata_sriov::testing::{FakeBinder, FakeSysfs};
 
 struct Tree {

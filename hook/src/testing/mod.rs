@@ -4,6 +4,9 @@
 //! by the benchmarks; production code never constructs these (they only act
 //! on the directory they are given).
 
+mod netlink;
+pub use netlink::{Call, RecordingNetlink};
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
