@@ -45,12 +45,8 @@ pub enum ConfigureError {
         waited: f64,
         seen: String,
     },
-    #[error("network namespace of pid {pid}: {source}")]
-    Netns {
-        pid: i32,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("network namespace of pid {pid}: {cause}")]
+    Netns { pid: i32, cause: std::io::Error },
     #[error("{entry}: name {name} is taken by another NIC: {other}")]
     NameTaken {
         entry: String,
@@ -83,7 +79,7 @@ struct Target {
 }
 
 fn open_target(pid: i32) -> Result<Option<Target>, ConfigureError> {
-    let err = |source| ConfigureError::Netns { pid, source };
+    let err = |cause| ConfigureError::Netns { pid, cause };
     let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(err)?;
     let own = File::open("/proc/thread-self/ns/net").map_err(err)?;
     if ns_id(&ns).map_err(err)? == ns_id(&own).map_err(err)? {

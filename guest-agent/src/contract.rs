@@ -243,13 +243,20 @@ pub enum GuestNetError {
     #[error("guest networks: {0} bytes is over the {MAX_GUEST_JSON}-byte limit")]
     TooLarge(usize),
     #[error("guest networks: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("guest networks: entry {index}: {source}")]
-    Invalid { index: usize, source: L3Error },
+    Json(serde_json::Error),
+    #[error("guest networks: entry {index}: {cause}")]
+    Invalid { index: usize, cause: L3Error },
     #[error("guest networks: entry {index}: mac {mac} is zero or multicast")]
     BadMac { index: usize, mac: MacAddr },
     #[error("guest networks: name {0} is used twice")]
     DuplicateName(IfName),
+}
+
+// Not `#[from]`: the message already shows it, so it is not a source.
+impl From<serde_json::Error> for GuestNetError {
+    fn from(e: serde_json::Error) -> Self {
+        GuestNetError::Json(e)
+    }
 }
 
 /// Parses and validates the guest description.
@@ -271,7 +278,7 @@ pub fn validate_guest_networks(nets: &[GuestNetwork]) -> Result<(), GuestNetErro
             }
         }
         n.l3.validate()
-            .map_err(|source| GuestNetError::Invalid { index, source })?;
+            .map_err(|cause| GuestNetError::Invalid { index, cause })?;
         if let Some(name) = &n.l3.name {
             if nets[..index]
                 .iter()

@@ -95,12 +95,8 @@ impl fmt::Display for RouteEntry {
 /// Errors of link configuration; each names the link and the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum IfconfError {
-    #[error("{what}: {source}")]
-    Netlink {
-        what: String,
-        #[source]
-        source: RtnlError,
-    },
+    #[error("{what}: {cause}")]
+    Netlink { what: String, cause: RtnlError },
     #[error("link index {0}: no such link")]
     NoLink(u32),
     #[error("address {wanted} on link index {index}: the link already has {existing}")]
@@ -113,17 +109,16 @@ pub enum IfconfError {
     RouteConflict { wanted: String, existing: String },
     #[error("route {wanted}: the kernel said it exists, but no such route is listed")]
     RouteVanished { wanted: String },
-    #[error("network namespace: {what}: {source}")]
+    #[error("network namespace: {what}: {cause}")]
     Netns {
         what: &'static str,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(RtnlError) -> IfconfError {
     let what = what.into();
-    move |source| IfconfError::Netlink { what, source }
+    move |cause| IfconfError::Netlink { what, cause }
 }
 
 /// Whether an add changed anything.
@@ -199,18 +194,18 @@ impl IfConf {
     /// this thread, opens the socket, and returns to the thread's own
     /// namespace. Needs `CAP_SYS_ADMIN`.
     pub fn open_in_netns(ns: BorrowedFd<'_>) -> Result<Self, IfconfError> {
-        let own = File::open("/proc/thread-self/ns/net").map_err(|source| IfconfError::Netns {
+        let own = File::open("/proc/thread-self/ns/net").map_err(|cause| IfconfError::Netns {
             what: "opening /proc/thread-self/ns/net",
-            source,
+            cause,
         })?;
         setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| IfconfError::Netns {
             what: "entering the target namespace (setns)",
-            source: e.into(),
+            cause: e.into(),
         })?;
         let opened = Rtnl::open();
         setns(own.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| IfconfError::Netns {
             what: "returning to the thread's own namespace (setns)",
-            source: e.into(),
+            cause: e.into(),
         })?;
         opened
             .map(IfConf::new)
@@ -794,7 +789,7 @@ mod tests {
 
     fn err_errno(e: &IfconfError) -> Option<i32> {
         match e {
-            IfconfError::Netlink { source, .. } => source.errno(),
+            IfconfError::Netlink { cause, .. } => cause.errno(),
             _ => None,
         }
     }

@@ -29,12 +29,8 @@ pub const MAX_CMDLINE: usize = 256 * 1024;
 /// Why the input was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("reading {what}: {source}")]
-    Read {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("reading {what}: {cause}")]
+    Read { what: String, cause: io::Error },
     #[error("{what}: more than {limit} bytes")]
     TooLarge { what: String, limit: usize },
     #[error("{what}: not UTF-8")]
@@ -45,18 +41,13 @@ pub enum InputError {
     BadPid(i64),
     #[error("OCI state: bundle {0:?} is not an absolute path")]
     BadBundle(PathBuf),
-    #[error("{path}: not an OCI config: {source}")]
+    #[error("{path}: not an OCI config: {cause}")]
     Config {
         path: String,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
-    #[error("{what}: {source}")]
-    Networks {
-        what: String,
-        #[source]
-        source: GuestNetError,
-    },
+    #[error("{what}: {cause}")]
+    Networks { what: String, cause: GuestNetError },
     #[error("/proc/cmdline: {CMDLINE_KEY} is given {0} times")]
     CmdlineTwice(usize),
     #[error("/proc/cmdline: {CMDLINE_KEY}: not base64: {0}")]
@@ -105,9 +96,9 @@ pub fn read_bounded(mut r: impl Read, limit: usize, what: &str) -> Result<String
     r.by_ref()
         .take(cap)
         .read_to_end(&mut buf)
-        .map_err(|source| InputError::Read {
+        .map_err(|cause| InputError::Read {
             what: what.to_owned(),
-            source,
+            cause,
         })?;
     if buf.len() > limit {
         return Err(InputError::TooLarge {
@@ -126,17 +117,17 @@ fn read_file_bounded(path: &Path, limit: usize) -> Result<String, InputError> {
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)
-        .map_err(|source| InputError::Read {
+        .map_err(|cause| InputError::Read {
             what: what.clone(),
-            source,
+            cause,
         })?;
     read_bounded(f, limit, &what)
 }
 
 fn parse_nets(text: &str, what: &str) -> Result<Vec<GuestNetwork>, InputError> {
-    parse_guest_networks(text).map_err(|source| InputError::Networks {
+    parse_guest_networks(text).map_err(|cause| InputError::Networks {
         what: what.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -175,16 +166,14 @@ pub fn hook_input(state_text: &str) -> Result<HookInput, InputError> {
         let text = match read_file_bounded(&path, MAX_CONFIG_JSON) {
             Ok(t) => Some(t),
             // A state whose bundle has no config.json simply carries no request.
-            Err(InputError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                None
-            }
+            Err(InputError::Read { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
         if let Some(text) = text {
             let cfg: OciConfig =
-                serde_json::from_str(&text).map_err(|source| InputError::Config {
+                serde_json::from_str(&text).map_err(|cause| InputError::Config {
                     path: shown.clone(),
-                    source,
+                    cause,
                 })?;
             if let Some(v) = cfg
                 .annotations

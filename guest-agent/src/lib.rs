@@ -17,6 +17,7 @@
 //! The host engine (`kata-sriov`) depends on this crate for all of these.
 
 mod contract;
+mod error;
 mod ifconf;
 mod rtnl;
 mod types;
@@ -25,6 +26,7 @@ pub use contract::{
     parse_guest_networks, validate_guest_networks, GuestNetError, GuestNetwork, IpCidr, L3Config,
     L3Error, Route, CMDLINE_KEY, GUEST_ANNOTATION, MAX_GUEST_JSON, MAX_LIST,
 };
+pub use error::{chain, IoError};
 pub use ifconf::{Added, Change, IfConf, IfconfError, Link, LinkAddress, RouteEntry};
 pub use rtnl::{errno_name, RawReply, Rtnl, RtnlError};
 pub use types::{IfName, MacAddr, ParseError, PciAddress, PciId};

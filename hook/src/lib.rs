@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod engine;
+pub mod error;
 pub mod guestnet;
 pub mod ifconf;
 pub mod integrations;

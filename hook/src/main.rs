@@ -99,18 +99,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: each cause once (our errors often quote their cause).
-            let mut msg = String::new();
-            for cause in e.chain() {
-                let c = cause.to_string();
-                if !msg.contains(&c) {
-                    if !msg.is_empty() {
-                        msg.push_str(": ");
-                    }
-                    msg.push_str(&c);
-                }
-            }
-            let msg = msg.replace('\n', " ");
+            // One line: the error and each of its causes, once each.
+            let msg = format!("{e:#}").replace(['\n', '\r'], " ");
             let _ = writeln!(std::io::stderr(), "kata-sriov: {msg}");
             ExitCode::FAILURE
         }

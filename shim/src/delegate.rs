@@ -38,8 +38,8 @@ pub enum DelegateError {
     Relative(String),
     #[error("delegate shim {0}: is this shim itself; set [shim] delegate to another shim")]
     Itself(PathBuf),
-    #[error("delegate shim {path}: exec failed: {source}")]
-    Exec { path: PathBuf, source: io::Error },
+    #[error("delegate shim {path}: exec failed: {cause}")]
+    Exec { path: PathBuf, cause: io::Error },
 }
 
 /// Where the delegate's name came from.
@@ -131,9 +131,9 @@ pub fn resolve(
 /// (stdin, stdout, stderr) are kept; SIGPIPE, which the Rust runtime
 /// ignores, is reset to its default first. Returns only on failure.
 pub fn exec(path: &Path, args: &[OsString]) -> DelegateError {
-    let fail = |source: io::Error| DelegateError::Exec {
+    let fail = |cause: io::Error| DelegateError::Exec {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let argv: Result<Vec<CString>, _> = std::iter::once(path.as_os_str())
         .chain(args.iter().map(OsString::as_os_str))

@@ -30,6 +30,7 @@ use anyhow::{anyhow, Context, Result};
 use slog::{error, info, warn, Logger};
 
 use kata_sriov::engine::claim::Engine;
+use kata_sriov::error::chain;
 use kata_sriov::integrations::flow;
 use kata_sriov::kernel::netlink::KernelNetlink;
 use kata_sriov::kernel::sysfs::SysfsRoot;
@@ -203,7 +204,7 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
 
 fn release_after_failure(engine: &Engine<'_>, owner: &str, log: &Logger) {
     if let Err(e) = engine.release(owner) {
-        error!(log, "releasing after a failed start: {e}"; "owner" => owner);
+        error!(log, "releasing after a failed start: {}", chain(&e); "owner" => owner);
     }
 }
 

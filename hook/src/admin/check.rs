@@ -35,6 +35,7 @@ use serde::Serialize;
 use toml_edit::{DocumentMut, Item};
 
 use crate::admin::configure::{self, KataFlavor};
+use crate::error::chain;
 use crate::kernel::iommu::{self, IommuError};
 use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::kernel::vfio::VFIO_PCI;
@@ -222,7 +223,11 @@ pub fn check_cmdline(path: &Path, groups_exist: bool) -> CheckResult {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            return fail(ID, format!("reading {}: {e}", path.display()), GRUB_FIX);
+            return fail(
+                ID,
+                format!("reading {}: {ec}", path.display(), ec = chain(&e)),
+                GRUB_FIX,
+            );
         }
     };
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -321,18 +326,14 @@ fn check_pf(root: &SysfsRoot, pool: &crate::policy::config::Pool, pf: &str) -> V
                 }
                 _ => "fix pfs in the pool (netdev name or PCI address of the PF)",
             };
-            out.push(fail(id("pf"), e.to_string(), fix));
+            out.push(fail(id("pf"), chain(&e), fix));
             return out;
         }
     };
     let info = match root.pf_info(addr) {
         Ok(i) => i,
         Err(e) => {
-            out.push(fail(
-                id("pf"),
-                e.to_string(),
-                "check the PF's driver (dmesg)",
-            ));
+            out.push(fail(id("pf"), chain(&e), "check the PF's driver (dmesg)"));
             return out;
         }
     };
@@ -415,9 +416,9 @@ fn check_isolation(
         match r {
             Ok(_) => alone += 1,
             Err(e @ IommuError::Off { .. }) => {
-                return fail(id, e.to_string(), GRUB_FIX);
+                return fail(id, chain(&e), GRUB_FIX);
             }
-            Err(e) => bad.push(e.to_string()),
+            Err(e) => bad.push(chain(&e)),
         }
     }
     if bad.is_empty() {
@@ -455,7 +456,11 @@ pub fn check_state_dir(dir: &Path) -> CheckResult {
             ID,
             format!("{d} does not exist yet; it is created (0700) on first use"),
         ),
-        Err(e) => fail(ID, format!("{d}: {e}"), format!("check {d}")),
+        Err(e) => fail(
+            ID,
+            format!("{d}: {ec}", ec = chain(&e)),
+            format!("check {d}"),
+        ),
         Ok(md) if md.file_type().is_symlink() => fail(
             ID,
             format!("{d} is a symlink"),
@@ -553,8 +558,8 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
     };
     let p = path.display();
     let doc = match fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| t.parse::<DocumentMut>().map_err(|e| e.to_string()))
+        .map_err(|e| chain(&e))
+        .and_then(|t| t.parse::<DocumentMut>().map_err(|e| chain(&e)))
     {
         Ok(d) => d,
         Err(e) => {
@@ -729,7 +734,7 @@ pub fn check_containerd(path: &Path) -> CheckResult {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return warn(ID, format!("{p} does not exist"), fix);
         }
-        Err(e) => return fail(ID, format!("reading {p}: {e}"), fix),
+        Err(e) => return fail(ID, format!("reading {p}: {ec}", ec = chain(&e)), fix),
     };
     match configure::containerd_has_runtime(&text, path) {
         Ok(None) if configure::containerd_cri_disabled(&text) => warn(
@@ -742,6 +747,6 @@ pub fn check_containerd(path: &Path) -> CheckResult {
             format!("{p} has the {} runtime", configure::RUNTIME_NAME),
         ),
         Ok(Some(why)) => fail(ID, format!("{p}: {why}"), fix),
-        Err(e) => fail(ID, e.to_string(), fix),
+        Err(e) => fail(ID, chain(&e), fix),
     }
 }

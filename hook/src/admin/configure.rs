@@ -44,6 +44,7 @@ use std::str::FromStr;
 
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
+use crate::error::IoError;
 use crate::policy::config::{Config, GuestMode};
 
 /// The runtime name every engine gets.
@@ -76,12 +77,8 @@ const MAX_FILE: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigureError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{path}: not valid {format}: {message}")]
     Parse {
         path: PathBuf,
@@ -94,14 +91,6 @@ pub enum ConfigureError {
     UnknownTarget(String),
     #[error("no Kata configuration found (looked at {0}); pass --file PATH")]
     NoKataConfig(String),
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ConfigureError + 'a {
-    move |source| ConfigureError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// What to configure.
@@ -216,19 +205,19 @@ fn write_with_backup(f: &FileChange) -> Result<(), ConfigureError> {
     let resolved;
     let path = match fs::symlink_metadata(&f.path) {
         Ok(md) if md.file_type().is_symlink() => {
-            resolved = fs::canonicalize(&f.path).map_err(io_err("resolving", &f.path))?;
+            resolved = fs::canonicalize(&f.path).map_err(IoError::at("resolving", &f.path))?;
             &resolved
         }
         _ => &f.path,
     };
     let mut mode = 0o644;
     if f.old.is_some() && f.base.is_none() {
-        let md = fs::metadata(path).map_err(io_err("inspecting", path))?;
+        let md = fs::metadata(path).map_err(IoError::at("inspecting", path))?;
         mode = md.permissions().mode() & 0o7777;
         let bak = backup_path(path);
-        fs::copy(path, &bak).map_err(io_err("backing up to", &bak))?;
+        fs::copy(path, &bak).map_err(IoError::at("backing up to", &bak))?;
     } else if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        fs::create_dir_all(parent).map_err(IoError::at("creating", parent))?;
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(
@@ -245,21 +234,21 @@ fn write_with_backup(f: &FileChange) -> Result<(), ConfigureError> {
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        io_err("writing", path)(e)
+        ConfigureError::from(IoError::at("writing", path)(e))
     })
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, ConfigureError> {
     match fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("inspecting", path)(e)),
+        Err(e) => Err(IoError::at("inspecting", path)(e).into()),
         Ok(md) if md.len() > MAX_FILE => Err(ConfigureError::Unsupported {
             path: path.to_owned(),
             message: format!("{} bytes is too large for a config file", md.len()),
         }),
-        Ok(_) => fs::read_to_string(path)
-            .map(Some)
-            .map_err(io_err("reading", path)),
+        Ok(_) => Ok(Some(
+            fs::read_to_string(path).map_err(IoError::at("reading", path))?,
+        )),
     }
 }
 
@@ -363,10 +352,12 @@ pub fn plan_kata(
     cfg: &Config,
 ) -> Result<Plan, ConfigureError> {
     let mut plan = Plan::default();
-    let not_found = |path: &Path| ConfigureError::Io {
-        op: "reading",
-        path: path.to_owned(),
-        source: io::Error::from(io::ErrorKind::NotFound),
+    let not_found = |path: &Path| {
+        ConfigureError::Io(IoError::new(
+            "reading",
+            path.to_owned(),
+            io::Error::from(io::ErrorKind::NotFound),
+        ))
     };
     let (path, base) = match file {
         Some(f) => (f.to_owned(), None),

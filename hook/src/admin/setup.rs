@@ -30,6 +30,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use crate::engine::mac;
+use crate::error::chain;
 use crate::kernel::netlink::{apply_verified, VfNetlink, VfSetting, VfSettings};
 use crate::kernel::sysfs::{read_attr, SysfsRoot};
 use crate::kernel::vfio::{self, VfioError, VFIO_PCI};
@@ -42,7 +43,14 @@ pub enum SetupError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("writing progress: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
+}
+
+// Not `#[from]`: the message already shows it, so it is not a source.
+impl From<std::io::Error> for SetupError {
+    fn from(e: std::io::Error) -> Self {
+        SetupError::Output(e)
+    }
 }
 
 /// What a run did.
@@ -133,7 +141,7 @@ impl<'a> Setup<'a> {
                     Err(e) => fail(
                         out,
                         &mut r.failures,
-                        format!("creating {}: {e}", d.display()),
+                        format!("creating {}: {ec}", d.display(), ec = chain(&e)),
                     )?,
                 }
             }
@@ -162,7 +170,7 @@ impl<'a> Setup<'a> {
                 writeln!(out, "vfio-pci: loaded")?;
                 r.changes += 1;
             }
-            Err(e) => fail(out, &mut r.failures, e.to_string())?,
+            Err(e) => fail(out, &mut r.failures, chain(&e))?,
         }
         Ok(())
     }
@@ -180,7 +188,11 @@ impl<'a> Setup<'a> {
                 let addr = match self.sysfs.resolve_pf(name) {
                     Ok(a) => a,
                     Err(e) => {
-                        fail(out, &mut r.failures, format!("pool {:?}: {e}", pool.name))?;
+                        fail(
+                            out,
+                            &mut r.failures,
+                            format!("pool {:?}: {ec}", pool.name, ec = chain(&e)),
+                        )?;
                         continue;
                     }
                 };
@@ -260,7 +272,7 @@ impl<'a> Setup<'a> {
         let info = match self.sysfs.pf_info(addr) {
             Ok(i) => i,
             Err(e) => {
-                fail(out, &mut r.failures, e.to_string())?;
+                fail(out, &mut r.failures, chain(&e))?;
                 return Ok(());
             }
         };
@@ -277,12 +289,16 @@ impl<'a> Setup<'a> {
                     writeln!(out, "{label}: sriov_drivers_autoprobe {} -> 1", v.trim())?;
                     r.changes += 1;
                 }
-                Err(e) => fail(out, &mut r.failures, format!("{label}: {e}"))?,
+                Err(e) => fail(
+                    out,
+                    &mut r.failures,
+                    format!("{label}: {ec}", ec = chain(&e)),
+                )?,
             },
             Err(e) => skip(
                 out,
                 &mut r.skipped,
-                format!("{label}: no sriov_drivers_autoprobe ({e})"),
+                format!("{label}: no sriov_drivers_autoprobe ({ec})", ec = chain(&e)),
             )?,
         }
         // The VF count.
@@ -319,7 +335,11 @@ impl<'a> Setup<'a> {
                             r.changes += 1;
                             num = want;
                         }
-                        Err(e) => fail(out, &mut r.failures, format!("{label}: {e}"))?,
+                        Err(e) => fail(
+                            out,
+                            &mut r.failures,
+                            format!("{label}: {ec}", ec = chain(&e)),
+                        )?,
                     }
                 }
             }
@@ -373,7 +393,11 @@ impl<'a> Setup<'a> {
                     r.changes += 1;
                 }
             }
-            Err(e) => fail(out, &mut r.failures, format!("{label}: {e}"))?,
+            Err(e) => fail(
+                out,
+                &mut r.failures,
+                format!("{label}: {ec}", ec = chain(&e)),
+            )?,
         }
         Ok(())
     }
@@ -401,7 +425,11 @@ impl<'a> Setup<'a> {
             let vf = match self.sysfs.vf_addr(pf, i) {
                 Ok(v) => v,
                 Err(e) => {
-                    fail(out, &mut r.failures, format!("{label}: {e}"))?;
+                    fail(
+                        out,
+                        &mut r.failures,
+                        format!("{label}: {ec}", ec = chain(&e)),
+                    )?;
                     continue;
                 }
             };
@@ -426,7 +454,11 @@ impl<'a> Setup<'a> {
                     }
                     current.push((i, vf, s));
                 }
-                Err(e) => fail(out, &mut r.failures, format!("{label}: VF {i} ({vf}): {e}"))?,
+                Err(e) => fail(
+                    out,
+                    &mut r.failures,
+                    format!("{label}: VF {i} ({vf}): {ec}", ec = chain(&e)),
+                )?,
             }
         }
         for (i, vf, s) in current {
@@ -440,7 +472,10 @@ impl<'a> Setup<'a> {
                     Err(e) => fail(
                         out,
                         &mut r.failures,
-                        format!("{label}: VF {i} ({vf}): cannot generate a MAC: {e}"),
+                        format!(
+                            "{label}: VF {i} ({vf}): cannot generate a MAC: {ec}",
+                            ec = chain(&e)
+                        ),
                     )?,
                 }
             }
@@ -466,7 +501,11 @@ impl<'a> Setup<'a> {
                         &mut r.skipped,
                         format!("{label}: VF {i} ({vf}): {setting} not supported by the driver"),
                     )?,
-                    Err(e) => fail(out, &mut r.failures, format!("{label}: VF {i} ({vf}): {e}"))?,
+                    Err(e) => fail(
+                        out,
+                        &mut r.failures,
+                        format!("{label}: VF {i} ({vf}): {ec}", ec = chain(&e)),
+                    )?,
                 }
             }
             if !done.is_empty() {

@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::engine::claim::ClaimError;
+use crate::error::chain;
 use crate::kernel::netlink::{VfNetlink, VfSettings};
 use crate::kernel::sysfs::SysfsRoot;
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
@@ -120,7 +121,7 @@ pub fn gather(
         for name in &p.pfs {
             match sysfs.resolve_pf(name) {
                 Ok(a) => pools_of.entry(a).or_default().push(p.name.clone()),
-                Err(e) => errors.push(format!("pool {:?}: {e}", p.name)),
+                Err(e) => errors.push(format!("pool {:?}: {ec}", p.name, ec = chain(&e))),
             }
         }
     }
@@ -129,7 +130,7 @@ pub fn gather(
         let info = match sysfs.pf_info(pf) {
             Ok(i) => i,
             Err(e) => {
-                errors.push(e.to_string());
+                errors.push(chain(&e));
                 continue;
             }
         };
@@ -156,12 +157,12 @@ pub fn gather(
                     st.iommu_group = v.iommu_group;
                     st.lease = leases.get(&v.addr).map(LeaseSummary::from);
                 }
-                Err(e) => st.error = Some(e.to_string()),
+                Err(e) => st.error = Some(chain(&e)),
             }
             if let (Some(nl), Some(ifn)) = (nl, info.netdev()) {
                 match nl.vf_settings(ifn, index) {
                     Ok(s) => st.settings = Some(s),
-                    Err(e) => st.settings_error = Some(e.to_string()),
+                    Err(e) => st.settings_error = Some(chain(&e)),
                 }
             }
             vfs.push(st);

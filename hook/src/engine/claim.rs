@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::engine::mac;
+use crate::error::chain;
+use crate::error::IoError;
 use crate::guestnet::{GuestNetwork, L3Config};
 use crate::kernel::iommu::{self, IommuError};
 use crate::kernel::netlink::{self, NetlinkError, VfNetlink, VfSetting, VfSettings};
@@ -526,7 +528,7 @@ impl<'a> Engine<'a> {
                 let vf = match self.sysfs.vf_addr(pf, index) {
                     Ok(vf) => vf,
                     Err(e) => {
-                        skipped.push(e.to_string());
+                        skipped.push(chain(&e));
                         continue;
                     }
                 };
@@ -539,7 +541,7 @@ impl<'a> Engine<'a> {
                         Ok(g) => Some(g),
                         Err(e @ IommuError::Off { .. }) => return Err(e.into()),
                         Err(e) => {
-                            skipped.push(e.to_string());
+                            skipped.push(chain(&e));
                             continue;
                         }
                     },
@@ -716,12 +718,9 @@ impl<'a> Engine<'a> {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(LedgerError::Io {
-                        op: "deleting DAN file",
-                        path: f.clone(),
-                        source: e,
-                    }
-                    .into())
+                    return Err(
+                        LedgerError::Io(IoError::new("deleting DAN file", f.clone(), e)).into(),
+                    )
                 }
             }
         }
@@ -768,7 +767,7 @@ impl<'a> Engine<'a> {
                 Ok(Some(l)) => l,
                 Ok(None) => continue,
                 Err(e) => {
-                    report.quarantined.push((vf, e.to_string()));
+                    report.quarantined.push((vf, chain(&e)));
                     continue;
                 }
             };
@@ -786,7 +785,7 @@ impl<'a> Engine<'a> {
             let owner = lease.owner.clone();
             match self.release_locked(lease, self.release_wait) {
                 Ok(()) => report.released.push((vf, owner)),
-                Err(e) => report.failed.push((vf, e.to_string())),
+                Err(e) => report.failed.push((vf, chain(&e))),
             }
         }
         Ok(report)

@@ -40,6 +40,8 @@ use serde_json::{json, Map, Value};
 use slog::{info, warn, Logger};
 
 use crate::engine::claim::{ClaimError, Engine};
+use crate::error::chain;
+use crate::error::IoError;
 use crate::guestnet::{IpCidr, L3Config};
 use crate::ifconf::IfConf;
 use crate::pci::{IfName, MacAddr};
@@ -72,12 +74,8 @@ const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{path}: exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
     #[error("{path}: {reason}")]
@@ -209,36 +207,34 @@ impl<'a> Driver<'a> {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Store::default()),
             Err(e) => {
-                return Err(DockerError::Io {
-                    op: "opening",
-                    path: self.store.clone(),
-                    source: e,
-                })
+                return Err(DockerError::Io(IoError::new(
+                    "opening",
+                    self.store.clone(),
+                    e,
+                )))
             }
         };
         let mut s = String::new();
         f.take(MAX_BODY as u64 * 4)
             .read_to_string(&mut s)
-            .map_err(|source| DockerError::Io {
-                op: "reading",
-                path: self.store.clone(),
-                source,
+            .map_err(|source| {
+                DockerError::Io(IoError::new("reading", self.store.clone(), source))
             })?;
         serde_json::from_str(&s).map_err(|e| DockerError::Store {
             path: self.store.clone(),
-            reason: format!("not a valid network map ({e}); fix or delete it"),
+            reason: format!(
+                "not a valid network map ({ec}); fix or delete it",
+                ec = chain(&e)
+            ),
         })
     }
 
     fn save(&self, store: &Store) -> Result<(), DockerError> {
-        let mut data = serde_json::to_vec_pretty(store)
-            .map_err(|e| DockerError::Request(format!("encoding the network map: {e}")))?;
+        let mut data = serde_json::to_vec_pretty(store).map_err(|e| {
+            DockerError::Request(format!("encoding the network map: {ec}", ec = chain(&e)))
+        })?;
         data.push(b'\n');
-        atomic::write(&self.store, &data, 0o600, Place::Replace).map_err(|e| DockerError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        })
+        atomic::write(&self.store, &data, 0o600, Place::Replace).map_err(DockerError::Io)
     }
 
     /// The networks this driver knows.
@@ -255,7 +251,7 @@ impl<'a> Driver<'a> {
             match serde_json::from_slice(body) {
                 Ok(v @ Value::Object(_)) => v,
                 Ok(_) => return Reply::err(400, "request body must be a JSON object"),
-                Err(e) => return Reply::err(400, format!("malformed JSON: {e}")),
+                Err(e) => return Reply::err(400, format!("malformed JSON: {ec}", ec = chain(&e))),
             }
         };
         let r = match method {
@@ -285,8 +281,8 @@ impl<'a> Driver<'a> {
                 Reply::ok(v)
             }
             Err(e) => {
-                warn!(self.logger, "failed"; "method" => method, "error" => e.to_string());
-                Reply::ok(json!({ "Err": e.to_string() }))
+                warn!(self.logger, "failed"; "method" => method, "error" => chain(&e));
+                Reply::ok(json!({ "Err": chain(&e) }))
             }
         }
     }
@@ -445,10 +441,9 @@ impl<'a> Driver<'a> {
             "Interface.MacAddress",
         )? {
             None => None,
-            Some(s) => Some(
-                MacAddr::parse_assignable(s)
-                    .map_err(|e| DockerError::Request(format!("Interface.MacAddress: {e}")))?,
-            ),
+            Some(s) => Some(MacAddr::parse_assignable(s).map_err(|e| {
+                DockerError::Request(format!("Interface.MacAddress: {ec}", ec = chain(&e)))
+            })?),
         };
         let net = self.network(&nid)?;
         let pool = self.engine.cfg.pool(&net.pool).ok_or_else(|| {
@@ -457,10 +452,9 @@ impl<'a> Driver<'a> {
                 net.pool
             ))
         })?;
-        let pool_name: PoolName = net
-            .pool
-            .parse()
-            .map_err(|e| DockerError::Request(format!("pool {:?}: {e}", net.pool)))?;
+        let pool_name: PoolName = net.pool.parse().map_err(|e| {
+            DockerError::Request(format!("pool {:?}: {ec}", net.pool, ec = chain(&e)))
+        })?;
         let req = NetworkRequest {
             pool: pool_name,
             mac: given_mac.filter(|_| pool.mac == MacPolicy::Request),
@@ -572,11 +566,7 @@ impl<'a> Driver<'a> {
 pub fn bind(path: &Path) -> Result<UnixListener, DockerError> {
     let io = |op: &'static str, p: &Path| {
         let p = p.to_owned();
-        move |source| DockerError::Io {
-            op,
-            path: p,
-            source,
-        }
+        move |source| DockerError::Io(IoError::new(op, p, source))
     };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
@@ -646,7 +636,7 @@ fn accept_loop(
                     )
                 ) =>
             {
-                warn!(logger, "accept failed; retrying"; "error" => e.to_string());
+                warn!(logger, "accept failed; retrying"; "error" => chain(&e));
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -695,12 +685,12 @@ fn accept_loop(
                         .unwrap_or_else(|_| Reply::err(500, "the call was dropped"))
                 };
                 if let Err(e) = serve_conn(&stream, &handler) {
-                    warn!(conn_logger, "connection dropped"; "error" => e.to_string());
+                    warn!(conn_logger, "connection dropped"; "error" => chain(&e));
                 }
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
-            warn!(logger, "cannot start a connection thread"; "error" => e.to_string());
+            warn!(logger, "cannot start a connection thread"; "error" => chain(&e));
         }
     }
 }
@@ -723,7 +713,7 @@ pub fn read_request<R: BufRead>(r: &mut R) -> Result<Request, Reply> {
             .by_ref()
             .take(limit)
             .read_until(b'\n', &mut line)
-            .map_err(|e| Reply::err(400, format!("reading the request: {e}")))?;
+            .map_err(|e| Reply::err(400, format!("reading the request: {ec}", ec = chain(&e))))?;
         if n == 0 {
             return Err(Reply::err(
                 400,
@@ -803,7 +793,7 @@ pub fn read_request<R: BufRead>(r: &mut R) -> Result<Request, Reply> {
         }
         let mut b = vec![0u8; n];
         r.read_exact(&mut b)
-            .map_err(|e| Reply::err(400, format!("reading the body: {e}")))?;
+            .map_err(|e| Reply::err(400, format!("reading the body: {ec}", ec = chain(&e))))?;
         b
     };
     Ok(Request {
@@ -819,7 +809,7 @@ fn read_chunked<R: BufRead>(r: &mut R) -> Result<Vec<u8>, Reply> {
         r.by_ref()
             .take(64)
             .read_until(b'\n', &mut line)
-            .map_err(|e| Reply::err(400, format!("reading a chunk: {e}")))?;
+            .map_err(|e| Reply::err(400, format!("reading a chunk: {ec}", ec = chain(&e))))?;
         let s = std::str::from_utf8(&line)
             .map_err(|_| Reply::err(400, "malformed chunk size"))?
             .trim();
@@ -834,7 +824,9 @@ fn read_chunked<R: BufRead>(r: &mut R) -> Result<Vec<u8>, Reply> {
                     .by_ref()
                     .take(MAX_HEAD as u64)
                     .read_until(b'\n', &mut t)
-                    .map_err(|e| Reply::err(400, format!("reading trailers: {e}")))?;
+                    .map_err(|e| {
+                        Reply::err(400, format!("reading trailers: {ec}", ec = chain(&e)))
+                    })?;
                 if got == 0 || t == b"\r\n" || t == b"\n" {
                     return Ok(body);
                 }
@@ -849,12 +841,12 @@ fn read_chunked<R: BufRead>(r: &mut R) -> Result<Vec<u8>, Reply> {
         let start = body.len();
         body.resize(start + n, 0);
         r.read_exact(&mut body[start..])
-            .map_err(|e| Reply::err(400, format!("reading a chunk: {e}")))?;
+            .map_err(|e| Reply::err(400, format!("reading a chunk: {ec}", ec = chain(&e))))?;
         let mut crlf = Vec::new();
         r.by_ref()
             .take(2)
             .read_until(b'\n', &mut crlf)
-            .map_err(|e| Reply::err(400, format!("reading a chunk: {e}")))?;
+            .map_err(|e| Reply::err(400, format!("reading a chunk: {ec}", ec = chain(&e))))?;
     }
 }
 

@@ -5,13 +5,14 @@
 //! file beside it.
 
 use std::fs::{self, OpenOptions};
-use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
+use crate::error::chain;
+use crate::error::IoError;
 use crate::integrations::hooks;
 use crate::kernel::vfio::{self, DevNode};
 use crate::oci::dan::{self, DanError};
@@ -34,24 +35,12 @@ pub enum FlowError {
     Dan(#[from] DanError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{path}: {reason}")]
     Refused { path: PathBuf, reason: String },
     #[error("{0}")]
     Other(String),
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FlowError + 'a {
-    move |source| FlowError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// The spec edit for claimed VFs; `vfio` is the host's `/dev/vfio/vfio`,
@@ -201,7 +190,7 @@ pub fn read_bundle_config(bundle: &Path) -> Result<Value, FlowError> {
                     reason: "is a symlink; refusing to follow it".into(),
                 }
             } else {
-                io_err("opening", &path)(e)
+                FlowError::from(IoError::at("opening", &path)(e))
             }
         })?;
     Ok(spec::read_spec(f)?)
@@ -214,11 +203,7 @@ pub fn write_bundle_config(bundle: &Path, spec: &Value) -> Result<(), FlowError>
     let mode = fs::symlink_metadata(&path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    let mut data = serde_json::to_vec(spec).map_err(|e| FlowError::Other(e.to_string()))?;
+    let mut data = serde_json::to_vec(spec).map_err(|e| FlowError::Other(chain(&e)))?;
     data.push(b'\n');
-    atomic::write(&path, &data, mode, Place::Replace).map_err(|e| FlowError::Io {
-        op: e.op,
-        path: e.path,
-        source: e.source,
-    })
+    atomic::write(&path, &data, mode, Place::Replace).map_err(FlowError::Io)
 }

@@ -13,6 +13,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
+use crate::error::chain;
 use crate::ifconf::{IfConf, IfconfError};
 use crate::integrations::flow::FlowError;
 use crate::kernel::netns::{find_named, ns_id, open_pid_netns, own_netns, NetnsError};
@@ -109,7 +110,7 @@ pub fn container_names(claimed: &[ClaimedVf]) -> Result<Vec<IfName>, NetdevError
         loop {
             let n: IfName = format!("net{next}")
                 .parse()
-                .map_err(|e| NetdevError::Invalid(format!("{e}")))?;
+                .map_err(|e| NetdevError::Invalid(chain(&e)))?;
             next += 1;
             if !taken.contains(&&n) && !out.contains(&n) {
                 out.push(n);

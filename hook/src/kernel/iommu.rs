@@ -7,6 +7,7 @@
 
 use std::fs;
 
+use crate::error::IoError;
 use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::pci::PciAddress;
 
@@ -39,11 +40,8 @@ pub fn enabled(root: &SysfsRoot) -> bool {
 /// The devices in IOMMU group `group`, sorted.
 pub fn group_devices(root: &SysfsRoot, group: u32) -> Result<Vec<PciAddress>, SysfsError> {
     let dir = root.iommu_groups().join(group.to_string()).join("devices");
-    let rd = fs::read_dir(&dir).map_err(|source| SysfsError::Io {
-        op: "listing",
-        path: dir.clone(),
-        source,
-    })?;
+    let rd = fs::read_dir(&dir)
+        .map_err(|source| SysfsError::Io(IoError::new("listing", dir.clone(), source)))?;
     let mut out: Vec<PciAddress> = rd
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))

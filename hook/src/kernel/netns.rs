@@ -28,11 +28,12 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::IoError;
 use crate::ifconf::{IfConf, IfconfError, Link};
 use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::pci::{IfName, MacAddr, PciAddress};
@@ -43,12 +44,8 @@ pub enum NetnsError {
     Ifconf(#[from] IfconfError),
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{vf}: its network interface ({name}) is in no namespace this host can reach after {waited:?} (searched the host, pid {pid:?} and {NETNS_RUN_DIR}); the lease stays for `kata-sriov gc`")]
     NotFound {
         vf: PciAddress,
@@ -56,17 +53,6 @@ pub enum NetnsError {
         pid: Option<u32>,
         waited: Duration,
     },
-}
-
-fn io_err<'p>(
-    what: &'static str,
-    path: &'p Path,
-) -> impl FnOnce(std::io::Error) -> NetnsError + 'p {
-    move |source| NetnsError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// Where a VF's netdev went (recorded in its lease).
@@ -88,7 +74,7 @@ pub const RETURN_WAIT_MIN: Duration = Duration::from_secs(5);
 /// The network namespace of a process, opened.
 pub fn open_pid_netns(proc_root: &Path, pid: u32) -> Result<File, NetnsError> {
     let p = proc_root.join(pid.to_string()).join("ns/net");
-    File::open(&p).map_err(io_err("opening the network namespace", &p))
+    Ok(File::open(&p).map_err(IoError::at("opening the network namespace", &p))?)
 }
 
 /// (st_dev, st_ino) of a namespace file: equal pairs are the same namespace.
@@ -98,7 +84,7 @@ pub fn ns_id(f: &File) -> Option<(u64, u64)> {
 
 pub fn own_netns() -> Result<File, NetnsError> {
     let p = Path::new("/proc/thread-self/ns/net");
-    File::open(p).map_err(io_err("opening", p))
+    Ok(File::open(p).map_err(IoError::at("opening", p))?)
 }
 
 /// A link named `name` whose MAC is `mac` (any MAC when `mac` is None).

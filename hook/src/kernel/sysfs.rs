@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::error::IoError;
 use crate::pci::{IfName, ParseError, PciAddress, PciId};
 
 /// How long one sysfs write may take before the caller gives up on it.
@@ -23,12 +24,8 @@ pub const NUMVFS_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysfsError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("writing {data:?} to {path} did not finish within {timeout:?}; the device may be stuck (check dmesg)")]
     WriteTimeout {
         path: PathBuf,
@@ -66,20 +63,19 @@ pub enum SysfsError {
         total: u32,
     },
     #[error("{0}")]
-    Parse(#[from] ParseError),
+    Parse(ParseError),
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SysfsError + 'a {
-    move |source| SysfsError::Io {
-        op,
-        path: path.to_owned(),
-        source,
+// Not `#[from]`: the message already shows it, so it is not a source.
+impl From<ParseError> for SysfsError {
+    fn from(e: ParseError) -> Self {
+        SysfsError::Parse(e)
     }
 }
 
 /// Reads a small sysfs attribute, without its trailing newline.
 pub fn read_attr(path: &Path) -> Result<String, SysfsError> {
-    let s = fs::read_to_string(path).map_err(io_err("reading", path))?;
+    let s = fs::read_to_string(path).map_err(IoError::at("reading", path))?;
     Ok(s.trim_end_matches('\n').to_owned())
 }
 
@@ -99,11 +95,11 @@ pub fn link_name(path: &Path) -> Result<Option<String>, SysfsError> {
     match fs::read_link(path) {
         Ok(t) => Ok(t.file_name().map(|n| n.to_string_lossy().into_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(SysfsError::Io {
-            op: "reading link",
-            path: path.to_owned(),
-            source: e,
-        }),
+        Err(e) => Err(SysfsError::Io(IoError::new(
+            "reading link",
+            path.to_owned(),
+            e,
+        ))),
     }
 }
 
@@ -125,9 +121,9 @@ pub fn write_bounded(path: &Path, data: &str, timeout: Duration) -> Result<(), S
             // The receiver may be gone after a timeout: nothing to tell then.
             let _ = tx.send(r);
         })
-        .map_err(io_err("starting a writer thread for", path))?;
+        .map_err(IoError::at("starting a writer thread for", path))?;
     match rx.recv_timeout(timeout) {
-        Ok(r) => r.map_err(io_err("writing", path)),
+        Ok(r) => Ok(r.map_err(IoError::at("writing", path))?),
         Err(_) => Err(SysfsError::WriteTimeout {
             path: path.to_owned(),
             data: data.to_owned(),
@@ -265,11 +261,11 @@ impl SysfsRoot {
         let rd = match fs::read_dir(&p) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("listing", &p)(e)),
+            Err(e) => return Err(IoError::at("listing", &p)(e).into()),
         };
         let mut out = Vec::new();
         for e in rd {
-            let e = e.map_err(io_err("listing", &p))?;
+            let e = e.map_err(IoError::at("listing", &p))?;
             if let Some(n) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
                 out.push(n);
             }
@@ -284,11 +280,11 @@ impl SysfsRoot {
         let rd = match fs::read_dir(&p) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("listing", &p)(e)),
+            Err(e) => return Err(IoError::at("listing", &p)(e).into()),
         };
         let mut out = Vec::new();
         for e in rd {
-            let e = e.map_err(io_err("listing", &p))?;
+            let e = e.map_err(IoError::at("listing", &p))?;
             let Some(addr) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
                 continue;
             };
@@ -375,7 +371,7 @@ impl SysfsRoot {
                 let num = read_u32(&d.join("sriov_numvfs")).unwrap_or(0);
                 return Err(SysfsError::NoVf { pf, index, num });
             }
-            Err(e) => return Err(io_err("reading link", &link)(e)),
+            Err(e) => return Err(IoError::at("reading link", &link)(e).into()),
         };
         let parent_ok = target.parent().is_some_and(|p| {
             p.components()

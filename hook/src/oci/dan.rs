@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::engine::claim::ClaimedVf;
+use crate::error::IoError;
 use crate::state::atomic::{self, Place};
 
 /// MTU written when neither the request nor the pool sets one.
@@ -38,12 +39,8 @@ pub enum DanError {
     NotSandbox(String),
     #[error("{path} exists and was not written by kata-sriov; refusing to overwrite it (Kata owns nothing there: remove it if it is stale)")]
     Foreign { path: PathBuf },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// The DAN document for claimed VFs (pure).
@@ -126,11 +123,7 @@ pub fn path(dir: &Path, sandbox_id: &str) -> PathBuf {
 pub fn write(path: &Path, doc: &Value, ours: bool) -> Result<(), DanError> {
     let io = |op, p: &Path| {
         let p = p.to_owned();
-        move |source| DanError::Io {
-            op,
-            path: p,
-            source,
-        }
+        move |source| DanError::Io(IoError::new(op, p, source))
     };
     if fs::symlink_metadata(path).is_ok() && !ours {
         return Err(DanError::Foreign {
@@ -139,10 +132,12 @@ pub fn write(path: &Path, doc: &Value, ours: bool) -> Result<(), DanError> {
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let mut data = serde_json::to_vec_pretty(doc).map_err(|e| DanError::Io {
-        op: "encoding",
-        path: path.to_owned(),
-        source: io::Error::other(e),
+    let mut data = serde_json::to_vec_pretty(doc).map_err(|e| {
+        DanError::Io(IoError::new(
+            "encoding",
+            path.to_owned(),
+            io::Error::other(e),
+        ))
     })?;
     data.push(b'\n');
     // Exclusive when not ours: a file that appeared meanwhile is not ours.
@@ -156,11 +151,7 @@ pub fn write(path: &Path, doc: &Value, ours: bool) -> Result<(), DanError> {
         Err(e) if e.already_exists() => Err(DanError::Foreign {
             path: path.to_owned(),
         }),
-        Err(e) => Err(DanError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        }),
+        Err(e) => Err(DanError::Io(e)),
     }
 }
 

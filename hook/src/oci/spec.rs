@@ -115,7 +115,14 @@ pub enum SpecError {
     #[error("spec edit: hook timeout must be at least 1 second")]
     BadHookTimeout,
     #[error("spec edit: {0}")]
-    Guest(#[from] GuestNetError),
+    Guest(GuestNetError),
+}
+
+// Not `#[from]`: the message already shows it, so it is not a source.
+impl From<GuestNetError> for SpecError {
+    fn from(e: GuestNetError) -> Self {
+        SpecError::Guest(e)
+    }
 }
 
 /// Reads a `config.json` (at most [`MAX_INPUT_BYTES`]) into a value whose

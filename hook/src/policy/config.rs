@@ -24,6 +24,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::IoError;
 use crate::kernel::netlink::VfSetting;
 use crate::pci::{LinkState, MacAddr, ParseError, Qos, VlanId, VlanProto};
 
@@ -87,8 +88,8 @@ impl<'de> Deserialize<'de> for PoolName {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {message}")]
@@ -362,16 +363,14 @@ impl Config {
         let (path, named) = Config::locate(explicit);
         match fs::metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !named => Ok(Config::default()),
-            Err(source) => Err(ConfigError::Io { path, source }),
+            Err(source) => Err(IoError::new("reading config", path, source).into()),
             Ok(md) if md.len() > MAX_CONFIG => Err(ConfigError::Invalid {
                 path,
                 message: format!("{} bytes is over the 1 MiB limit", md.len()),
             }),
             Ok(_) => {
-                let text = fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    fs::read_to_string(&path).map_err(IoError::at("reading config", &path))?;
                 Config::parse(&text, &path)
             }
         }
@@ -565,7 +564,7 @@ mac = "keep"
         let missing = dir.path().join("none.toml");
         assert!(matches!(
             Config::load(Some(&missing)),
-            Err(ConfigError::Io { .. })
+            Err(ConfigError::Io(_))
         ));
         let p = dir.path().join("c.toml");
         fs::write(&p, "[[pools]]\nname = \"a\"\npfs = [\"x\"]\n").unwrap();

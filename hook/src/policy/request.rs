@@ -102,8 +102,8 @@ pub enum RequestError {
     Json(serde_json::Error),
     #[error("{REQUEST_ANNOTATION}: expected a JSON array of objects, found {0}")]
     NotArray(&'static str),
-    #[error("{REQUEST_ANNOTATION}: entry {index}: {source}")]
-    Entry { index: usize, source: EntryError },
+    #[error("{REQUEST_ANNOTATION}: entry {index}: {cause}")]
+    Entry { index: usize, cause: EntryError },
     #[error("{REQUEST_ANNOTATION}: entries {first} and {second} both use interface name {name}")]
     DuplicateName {
         name: IfName,
@@ -163,7 +163,7 @@ fn parse_list(text: &str) -> Result<Vec<NetworkRequest>, RequestError> {
                 .map(NetworkRequest::plain)
                 .map_err(|e| RequestError::Entry {
                     index,
-                    source: EntryError::Pool(e),
+                    cause: EntryError::Pool(e),
                 })
         })
         .collect()
@@ -183,7 +183,7 @@ fn parse_json(text: &str) -> Result<Vec<NetworkRequest>, RequestError> {
     entries
         .into_iter()
         .enumerate()
-        .map(|(index, v)| parse_entry(v).map_err(|source| RequestError::Entry { index, source }))
+        .map(|(index, v)| parse_entry(v).map_err(|cause| RequestError::Entry { index, cause }))
         .collect()
 }
 

@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Prefix of every temp file; `<prefix><pid>.` follows, so a reader can
@@ -23,26 +23,11 @@ pub enum Place {
     Exclusive,
 }
 
-/// The failed step and file, for the callers' error types.
-#[derive(Debug)]
-pub struct AtomicError {
-    pub op: &'static str,
-    pub path: PathBuf,
-    pub source: io::Error,
-}
-
-impl AtomicError {
-    pub fn already_exists(&self) -> bool {
-        self.source.kind() == io::ErrorKind::AlreadyExists
-    }
-}
+/// The failed step and file.
+pub use crate::error::IoError as AtomicError;
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AtomicError + 'a {
-    move |source| AtomicError {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+    AtomicError::at(op, path)
 }
 
 /// Syncs a directory, so a rename or link in it survives a crash.

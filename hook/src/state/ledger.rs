@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::error::IoError;
 use crate::guestnet::L3Config;
 use crate::kernel::netlink::{VfSetting, VfSettings};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
@@ -33,12 +34,8 @@ pub const GLOBAL_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("state directory {path}: {reason}")]
     UnsafeDir { path: PathBuf, reason: String },
     #[error("lease {path} is unreadable ({reason}); its VF is quarantined: inspect it, restore the VF by hand, then delete the file")]
@@ -47,24 +44,6 @@ pub enum LedgerError {
     Exists { vf: PciAddress, path: PathBuf },
     #[error("timed out after {0:?} waiting for {1}")]
     LockTimeout(Duration, PathBuf),
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LedgerError + 'a {
-    move |source| LedgerError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
-}
-
-impl From<atomic::AtomicError> for LedgerError {
-    fn from(e: atomic::AtomicError) -> Self {
-        LedgerError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        }
-    }
 }
 
 /// Where a lease is in its life.
@@ -172,7 +151,7 @@ pub struct Ledger {
 }
 
 fn check_dir(path: &Path) -> Result<(), LedgerError> {
-    let md = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    let md = fs::symlink_metadata(path).map_err(IoError::at("inspecting", path))?;
     let unsafe_dir = |reason: String| LedgerError::UnsafeDir {
         path: path.to_owned(),
         reason,
@@ -203,7 +182,7 @@ fn mkdir_private(path: &Path) -> Result<(), LedgerError> {
     match fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err("creating", path)(e)),
+        Err(e) => Err(IoError::at("creating", path)(e).into()),
     }
 }
 
@@ -219,7 +198,7 @@ impl Ledger {
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
         if let Some(parent) = dir.parent() {
             if !parent.exists() {
-                fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                fs::create_dir_all(parent).map_err(IoError::at("creating", parent))?;
             }
         }
         mkdir_private(dir)?;
@@ -246,7 +225,7 @@ impl Ledger {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
-            .map_err(io_err("opening lock", path))?;
+            .map_err(IoError::at("opening lock", path))?;
         let deadline = Instant::now() + wait;
         let mut f = f;
         let mut pause = Duration::from_millis(1);
@@ -262,11 +241,11 @@ impl Ledger {
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 Err((_, errno)) => {
-                    return Err(LedgerError::Io {
-                        op: "locking",
-                        path: path.to_owned(),
-                        source: io::Error::from(errno),
-                    })
+                    return Err(LedgerError::Io(IoError::new(
+                        "locking",
+                        path.to_owned(),
+                        io::Error::from(errno),
+                    )))
                 }
             }
         }
@@ -293,10 +272,12 @@ impl Ledger {
     }
 
     fn encode(&self, lease: &Lease) -> Result<Vec<u8>, LedgerError> {
-        let mut data = serde_json::to_vec_pretty(lease).map_err(|e| LedgerError::Io {
-            op: "encoding lease for",
-            path: self.lease_path(lease.vf),
-            source: io::Error::other(e),
+        let mut data = serde_json::to_vec_pretty(lease).map_err(|e| {
+            LedgerError::Io(IoError::new(
+                "encoding lease for",
+                self.lease_path(lease.vf),
+                io::Error::other(e),
+            ))
         })?;
         data.push(b'\n');
         Ok(data)
@@ -333,10 +314,10 @@ impl Ledger {
         match fs::remove_file(&p) {
             Ok(()) => {
                 let dir = self.dir.join("leases");
-                atomic::sync_dir(&dir).map_err(io_err("syncing", &dir))
+                Ok(atomic::sync_dir(&dir).map_err(IoError::at("syncing", &dir))?)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("deleting", &p)(e)),
+            Err(e) => Err(IoError::at("deleting", &p)(e).into()),
         }
     }
 
@@ -372,7 +353,7 @@ impl Ledger {
     /// cannot be read is quarantined: never handed out).
     pub fn leased(&self) -> Result<HashSet<PciAddress>, LedgerError> {
         let dir = self.dir.join("leases");
-        let rd = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
+        let rd = fs::read_dir(&dir).map_err(IoError::at("listing", &dir))?;
         Ok(rd
             .flatten()
             .filter_map(|e| lease_name(&e.file_name().to_string_lossy()))
@@ -470,7 +451,8 @@ pub fn owner_alive(check: &OwnerCheck, proc_root: &Path) -> Option<bool> {
 /// Makes a file or directory private (0600/0700), for files created
 /// outside [`Ledger`].
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), LedgerError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+    Ok(fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(IoError::at("chmod", path))?)
 }
 
 #[cfg(test)]
