@@ -1,11 +1,19 @@
 //! Support for the end-to-end tests: a fake host (a fake sysfs tree, VFIO
 //! device nodes, a file-backed VF-settings fake, a state dir and a config
-//! file, all in one temp dir on tmpfs), and paths of the built binaries.
+//! file, all in one temp dir on tmpfs), paths of the built binaries,
+//! running commands with a time limit, and (in [`engines`]) private
+//! containerd and dockerd instances from this host or the forky root.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use kata_sriov::pci::PciAddress;
 use kata_sriov::testing::{FakeSysfs, FileNetlink};
+
+pub mod engines;
 
 pub struct FakeHost {
     pub dir: tempfile::TempDir,
@@ -68,6 +76,15 @@ impl FakeHost {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The IOMMU group of VF `i` (its node is `/dev/vfio/<group>`).
+    pub fn group(&self, i: u32) -> u32 {
+        self.fake
+            .root()
+            .iommu_group(self.vf(i))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("VF {i} has no IOMMU group"))
+    }
+
     /// VFs with a lease file.
     pub fn leased(&self) -> Vec<PciAddress> {
         let mut v: Vec<PciAddress> = std::fs::read_dir(self.path().join("state/leases"))
@@ -98,4 +115,63 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Runs `cmd` to completion, killing it after `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = reader(child.stdout.take());
+    let err = reader(child.stderr.take());
+    let status = wait_within(&mut child, limit)
+        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {limit:?}"));
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+fn reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut v);
+        }
+        v
+    })
+}
+
+/// Waits for `child`, killing it after `limit` (then None).
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `f` until it is true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t.elapsed() > limit {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
