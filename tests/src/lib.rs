@@ -76,13 +76,30 @@ impl FakeHost {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The IOMMU group of VF `i` (its node is `/dev/vfio/<group>`).
-    pub fn group(&self, i: u32) -> u32 {
+    /// The IOMMU group of a VF (its node is `/dev/vfio/<group>`).
+    pub fn group_of(&self, vf: PciAddress) -> u32 {
         self.fake
             .root()
-            .iommu_group(self.vf(i))
+            .iommu_group(vf)
             .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("VF {i} has no IOMMU group"))
+            .unwrap_or_else(|| panic!("{vf} has no IOMMU group"))
+    }
+
+    /// The lease files' contents.
+    pub fn leases(&self) -> Vec<serde_json::Value> {
+        self.leased()
+            .iter()
+            .map(|vf| {
+                let p = self.path().join(format!("state/leases/{vf}.json"));
+                let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                serde_json::from_slice(&b).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            })
+            .collect()
+    }
+
+    /// The kata-sriov log in the state dir (shim and hooks).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("state/kata-sriov.log")).unwrap_or_default()
     }
 
     /// VFs with a lease file.
