@@ -5,8 +5,11 @@
 //! containerd and dockerd instances from this host or the forky root.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,7 +20,8 @@ pub mod engines;
 
 pub struct FakeHost {
     pub dir: tempfile::TempDir,
-    pub fake: FakeSysfs,
+    /// Shared with a [`FakeKernel`], which moves its driver links.
+    pub fake: Arc<FakeSysfs>,
     pub nl: FileNetlink,
     pub pf: PciAddress,
     pub config: PathBuf,
@@ -34,7 +38,7 @@ impl FakeHost {
             .unwrap_or_else(|e| panic!("temp dir: {e}"));
         let sys = dir.path().join("sys");
         let dev = dir.path().join("dev");
-        let fake = FakeSysfs::new(&sys);
+        let fake = Arc::new(FakeSysfs::new(&sys));
         let pf = fake.add_pf_with("0000:3b:00.0", "ens1f0", vfs, vfs.max(8), Some(vf_driver));
         fake.make_vfio_nodes(&dev)
             .unwrap_or_else(|e| panic!("mknod (needs root): {e}"));
@@ -113,6 +117,108 @@ impl FakeHost {
             .unwrap_or_default();
         v.sort();
         v
+    }
+}
+
+/// The kernel's half of PCI driver binding on a fake tree, for binaries
+/// that bind through sysfs as on a real host (`driver_override`, the old
+/// driver's `unbind`, `drivers_probe`): those files become FIFOs, and a
+/// thread per file reads what is written to it and moves the device's
+/// `driver` link as the kernel would. `drivers_probe` binds an unbound
+/// device to its `driver_override`, or, with none, to `native` (the driver
+/// its ID matches). The binaries may run in another mount namespace (the
+/// forky root): the tree only needs to be visible there.
+pub struct FakeKernel {
+    fifos: Vec<PathBuf>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl FakeKernel {
+    /// Serves the tree of `fake` for devices whose native driver is
+    /// `native`; `drivers` are the drivers devices can be on (their
+    /// directories are made).
+    pub fn start(fake: &Arc<FakeSysfs>, native: &str, drivers: &[&str]) -> FakeKernel {
+        let dir = fake.dir().to_owned();
+        let mut k = FakeKernel {
+            fifos: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        let mut serve = |path: PathBuf, unbind_from: Option<String>| {
+            let _ = std::fs::remove_file(&path);
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+            let (fake, stop, p, native) = (
+                fake.clone(),
+                k.stop.clone(),
+                path.clone(),
+                native.to_owned(),
+            );
+            let dir = dir.clone();
+            k.threads.push(thread::spawn(move || loop {
+                // Blocks until a writer opens it; EOF when it closes.
+                let mut text = String::new();
+                let read = std::fs::File::open(&p).and_then(|mut f| f.read_to_string(&mut text));
+                if stop.load(Ordering::Relaxed) || read.is_err() {
+                    return;
+                }
+                let Ok(addr) = text.trim().parse::<PciAddress>() else {
+                    continue;
+                };
+                let now = fake.root().driver(addr).ok().flatten();
+                match &unbind_from {
+                    Some(drv) if now.as_deref() == Some(drv) => fake.set_driver(addr, None),
+                    None if now.is_none() => {
+                        let over = std::fs::read_to_string(
+                            dir.join(format!("bus/pci/devices/{addr}/driver_override")),
+                        )
+                        .unwrap_or_default();
+                        let over = over.trim();
+                        let to = if over.is_empty() || over == "(null)" {
+                            native.as_str()
+                        } else {
+                            over
+                        };
+                        fake.set_driver(addr, Some(to));
+                    }
+                    _ => {}
+                }
+            }));
+            k.fifos.push(path);
+        };
+        serve(dir.join("bus/pci/drivers_probe"), None);
+        for d in drivers {
+            serve(
+                dir.join(format!("bus/pci/drivers/{d}/unbind")),
+                Some((*d).to_owned()),
+            );
+        }
+        k
+    }
+}
+
+impl Drop for FakeKernel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake each reader blocked in open(2): a non-blocking open for
+        // writing succeeds only while it waits, so retry for a while.
+        let t = Instant::now();
+        for (f, th) in self.fifos.iter().zip(self.threads.drain(..)) {
+            while !th.is_finished() && t.elapsed() < Duration::from_secs(2) {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(f);
+                thread::sleep(Duration::from_millis(5));
+            }
+            if th.is_finished() {
+                let _ = th.join();
+            }
+        }
     }
 }
 

@@ -5,11 +5,12 @@
 //! configure docker` adds (`runtimeType`), and podman 5.8 + runc with the
 //! hooks.d files that `kata-sriov configure podman` installs (the claim in
 //! `precreate`). Each gives a container a VF from a fake host (a fake sysfs
-//! tree whose VFs are on vfio-pci, `/dev/vfio` character nodes under a temp
-//! `dev_root`, pool `fast` that keeps the MAC, so no netlink call) and checks
-//! what the engine and the kernel report: the VFIO node in the container,
-//! the lease while it runs, no lease and the VF on its recorded driver after
-//! the container is gone. The Docker network driver on Docker 28 is in
+//! tree whose VFs are on igbvf, with a [`FakeKernel`] doing the kernel's
+//! part of binding, `/dev/vfio` character nodes under a temp `dev_root`,
+//! pool `fast` that keeps the MAC, so no netlink call) and checks what the
+//! engine and the kernel report: the VFIO node in the container, the lease
+//! and the VF on vfio-pci while it runs, no lease and the VF back on igbvf
+//! after the container is gone. The Docker network driver on Docker 28 is in
 //! docker_dockerd.rs. Each test skips (saying so) when the root is not built
 //! and `CI` is unset; under CI a missing root fails. Needs root.
 
@@ -24,25 +25,29 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use kata_sriov_tests::engines::{major, ok, tar_of, Containerd, Dockerd, Engines};
-use kata_sriov_tests::{eventually, output_within, workspace_bin, FakeHost};
+use kata_sriov_tests::{eventually, output_within, workspace_bin, FakeHost, FakeKernel};
 use netdev_support::busybox_rootfs;
 
 const POOL: &str = "fast";
 const REQUEST: &str = "io.kata-sriov.networks";
 const T: Duration = Duration::from_secs(60);
 
-/// Two VFs on vfio-pci in pool `fast`; the shim delegates to runc's shim,
-/// hooks run this workspace's `kata-sriov`.
-fn fake_host() -> FakeHost {
-    FakeHost::new(
+const NATIVE: &str = "igbvf";
+
+/// Two VFs on igbvf in pool `fast`, and the kernel that binds them; the
+/// shim delegates to runc's shim, hooks run this workspace's `kata-sriov`.
+fn fake_host() -> (FakeHost, FakeKernel) {
+    let host = FakeHost::new(
         2,
-        "vfio-pci",
+        NATIVE,
         &format!(
             "[shim]\ndelegate = \"containerd-shim-runc-v2\"\n[hook]\nbinary = {:?}\n\
              [[pools]]\nname = \"{POOL}\"\npfs = [\"ens1f0\"]\nmac = \"keep\"\n",
             workspace_bin("kata-sriov")
         ),
-    )
+    );
+    let kernel = FakeKernel::start(&host.fake, NATIVE, &[NATIVE, "vfio-pci"]);
+    (host, kernel)
 }
 
 /// A directory with our shim under its runtime name, for an engine's PATH.
@@ -78,7 +83,13 @@ fn check_claim(host: &FakeHost, owner: &str, ls: &str) -> Value {
     let l = leases[0].clone();
     assert_eq!(l["owner"], owner, "{l}");
     assert_eq!(l["state"], "claimed", "{l}");
+    assert_eq!(l["original_driver"], NATIVE, "{l}");
     let vf = l["vf"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        host.fake.root().driver(vf).unwrap().as_deref(),
+        Some("vfio-pci"),
+        "{vf} is not on vfio-pci while claimed"
+    );
     let g = host.group_of(vf);
     assert!(
         ls.lines().any(|line| line.starts_with('c')
@@ -94,8 +105,8 @@ fn check_claim(host: &FakeHost, owner: &str, ls: &str) -> Value {
     l
 }
 
-/// After the container: no lease, every VF on the driver it had (the
-/// claimed one on the driver its lease recorded).
+/// After the container: no lease, every VF back on igbvf (the driver the
+/// claimed one's lease recorded).
 fn check_released(host: &FakeHost, lease: &Value) {
     assert!(
         eventually(T, || host.leased().is_empty()),
@@ -103,18 +114,13 @@ fn check_released(host: &FakeHost, lease: &Value) {
         host.leases(),
         host.log()
     );
-    let vf = lease["vf"].as_str().unwrap();
-    let recorded = lease["original_driver"].as_str();
     for i in 0..host.vfs {
-        let now = host.driver(i);
-        assert_eq!(now.as_deref(), Some("vfio-pci"), "VF {i}");
-        if host.vf(i).to_string() == vf {
-            assert_eq!(
-                now.as_deref(),
-                recorded,
-                "{vf} is not on its recorded driver"
-            );
-        }
+        assert_eq!(
+            host.driver(i).as_deref(),
+            lease["original_driver"].as_str(),
+            "VF {i} ({}) is not back on its driver",
+            host.vf(i)
+        );
     }
 }
 
@@ -128,7 +134,7 @@ fn containerd_2_ctr_run_through_our_shim_gets_the_vf_and_gives_it_back() {
         return;
     };
     let t0 = Instant::now();
-    let host = fake_host();
+    let (host, _kernel) = fake_host();
     let bin = shim_dir(&host);
     let c = Containerd::start(
         &engines,
@@ -221,7 +227,7 @@ fn docker_28_runtime_from_configure_docker_gets_the_vf_and_gives_it_back() {
         return;
     };
     let t0 = Instant::now();
-    let host = fake_host();
+    let (host, _kernel) = fake_host();
     let bin = shim_dir(&host);
     // An admin's daemon.json; configure adds the runtime and keeps the rest.
     let daemon_json = host.path().join("daemon.json");
@@ -381,7 +387,7 @@ fn podman_5_hooks_from_configure_podman_claim_in_precreate_and_give_the_vf_back(
         return;
     };
     let t0 = Instant::now();
-    let host = fake_host();
+    let (host, _kernel) = fake_host();
     let hooks = host.path().join("hooks.d");
     kata_sriov(
         &host,
