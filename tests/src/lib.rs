@@ -123,15 +123,70 @@ impl FakeHost {
 /// The kernel's half of PCI driver binding on a fake tree, for binaries
 /// that bind through sysfs as on a real host (`driver_override`, the old
 /// driver's `unbind`, `drivers_probe`): those files become FIFOs, and a
-/// thread per file reads what is written to it and moves the device's
-/// `driver` link as the kernel would. `drivers_probe` binds an unbound
-/// device to its `driver_override`, or, with none, to `native` (the driver
-/// its ID matches). The binaries may run in another mount namespace (the
-/// forky root): the tree only needs to be visible there.
+/// thread reads what is written to them and moves the device's `driver`
+/// link as the kernel would. `drivers_probe` binds an unbound device to its
+/// `driver_override`, or, with none, to `native` (the driver its ID
+/// matches). The kernel does a write to `unbind` before the write returns;
+/// here the thread keeps that order: it takes what `drivers_probe` holds
+/// first, then applies every pending unbind (written before it), then the
+/// probes. The binaries may run in another mount namespace (the forky
+/// root): the tree only needs to be visible there.
 pub struct FakeKernel {
-    fifos: Vec<PathBuf>,
     stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// A FIFO read without blocking, with a write end kept open so that it
+/// never reports end of file between writers.
+struct Fifo {
+    read: std::fs::File,
+    _keep: std::fs::File,
+    /// `Some(driver)` for `bus/pci/drivers/<driver>/unbind`.
+    unbind_from: Option<String>,
+}
+
+impl Fifo {
+    fn make(path: &Path, unbind_from: Option<&str>) -> Fifo {
+        let _ = std::fs::remove_file(path);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let keep = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Fifo {
+            read,
+            _keep: keep,
+            unbind_from: unbind_from.map(str::to_owned),
+        }
+    }
+
+    /// The addresses written since the last call (each write is one
+    /// address, with or without a newline).
+    fn take(&mut self) -> Vec<PciAddress> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            match std::io::Read::read(&mut self.read, &mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&buf).replace(char::is_whitespace, "");
+        // "0000:3b:10.0" is 12 characters; writes may arrive back to back.
+        text.as_bytes()
+            .chunks(12)
+            .filter_map(|c| std::str::from_utf8(c).ok()?.parse().ok())
+            .collect()
+    }
 }
 
 impl FakeKernel {
@@ -140,84 +195,55 @@ impl FakeKernel {
     /// directories are made).
     pub fn start(fake: &Arc<FakeSysfs>, native: &str, drivers: &[&str]) -> FakeKernel {
         let dir = fake.dir().to_owned();
-        let mut k = FakeKernel {
-            fifos: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-        };
-        let mut serve = |path: PathBuf, unbind_from: Option<String>| {
-            let _ = std::fs::remove_file(&path);
-            if let Some(p) = path.parent() {
-                std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            }
-            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
-            let (fake, stop, p, native) = (
-                fake.clone(),
-                k.stop.clone(),
-                path.clone(),
-                native.to_owned(),
-            );
-            let dir = dir.clone();
-            k.threads.push(thread::spawn(move || loop {
-                // Blocks until a writer opens it; EOF when it closes.
-                let mut text = String::new();
-                let read = std::fs::File::open(&p).and_then(|mut f| f.read_to_string(&mut text));
-                if stop.load(Ordering::Relaxed) || read.is_err() {
-                    return;
-                }
-                let Ok(addr) = text.trim().parse::<PciAddress>() else {
-                    continue;
-                };
-                let now = fake.root().driver(addr).ok().flatten();
-                match &unbind_from {
-                    Some(drv) if now.as_deref() == Some(drv) => fake.set_driver(addr, None),
-                    None if now.is_none() => {
-                        let over = std::fs::read_to_string(
-                            dir.join(format!("bus/pci/devices/{addr}/driver_override")),
-                        )
-                        .unwrap_or_default();
-                        let over = over.trim();
-                        let to = if over.is_empty() || over == "(null)" {
-                            native.as_str()
-                        } else {
-                            over
-                        };
-                        fake.set_driver(addr, Some(to));
+        let mut probe = Fifo::make(&dir.join("bus/pci/drivers_probe"), None);
+        let mut unbinds: Vec<Fifo> = drivers
+            .iter()
+            .map(|d| Fifo::make(&dir.join(format!("bus/pci/drivers/{d}/unbind")), Some(d)))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fake, native, stop2) = (fake.clone(), native.to_owned(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let probes = probe.take();
+                for u in &mut unbinds {
+                    for addr in u.take() {
+                        let now = fake.root().driver(addr).ok().flatten();
+                        if now.is_some() && now == u.unbind_from {
+                            fake.set_driver(addr, None);
+                        }
                     }
-                    _ => {}
                 }
-            }));
-            k.fifos.push(path);
-        };
-        serve(dir.join("bus/pci/drivers_probe"), None);
-        for d in drivers {
-            serve(
-                dir.join(format!("bus/pci/drivers/{d}/unbind")),
-                Some((*d).to_owned()),
-            );
+                for addr in probes {
+                    if fake.root().driver(addr).ok().flatten().is_some() {
+                        continue;
+                    }
+                    let over = std::fs::read_to_string(
+                        dir.join(format!("bus/pci/devices/{addr}/driver_override")),
+                    )
+                    .unwrap_or_default();
+                    let over = over.trim();
+                    let to = if over.is_empty() || over == "(null)" {
+                        native.as_str()
+                    } else {
+                        over
+                    };
+                    fake.set_driver(addr, Some(to));
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        FakeKernel {
+            stop,
+            thread: Some(thread),
         }
-        k
     }
 }
 
 impl Drop for FakeKernel {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake each reader blocked in open(2): a non-blocking open for
-        // writing succeeds only while it waits, so retry for a while.
-        let t = Instant::now();
-        for (f, th) in self.fifos.iter().zip(self.threads.drain(..)) {
-            while !th.is_finished() && t.elapsed() < Duration::from_secs(2) {
-                let _ = std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(f);
-                thread::sleep(Duration::from_millis(5));
-            }
-            if th.is_finished() {
-                let _ = th.join();
-            }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

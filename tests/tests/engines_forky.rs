@@ -427,21 +427,24 @@ fn podman_5_hooks_from_configure_podman_claim_in_precreate_and_give_the_vf_back(
 
     let req = format!("{REQUEST}={POOL}");
     let t = Instant::now();
-    let id = p
-        .ok(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--annotation",
-            &req,
-            "localhost/ks-bb:1",
-            "sh",
-            "-c",
-            "ls -l /dev/vfio/; echo READY; exec sleep 300",
-        ])
-        .trim()
-        .to_owned();
+    let run = p.podman(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--annotation",
+        &req,
+        "localhost/ks-bb:1",
+        "sh",
+        "-c",
+        "ls -l /dev/vfio/; echo READY; exec sleep 300",
+    ]);
+    let id = ok(
+        &format!("podman run (kata-sriov log:\n{})", host.log()),
+        &run,
+    )
+    .trim()
+    .to_owned();
     let mut logs = String::new();
     assert!(
         eventually(T, || {
