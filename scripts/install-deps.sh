@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # Installs what the tests and the lab need on a fresh Debian bookworm machine
 # that has only the Rust toolchain: containerd, runc, docker.io, iproute2,
-# busybox, and QEMU >= 8.0 (igb) from bookworm-backports, plus what
+# busybox, debootstrap (for the forky root of scripts/forky-root.sh),
+# and QEMU >= 8.0 (igb) from bookworm-backports, plus what
 # tests/lab/lab.sh uses to build its initramfs (cpio, xz, kmod). Safe to re-run:
 # it only runs apt-get when something is missing.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
+# bookworm-backports from the same archive (mirror, proxy) and with the same
+# key as the machine's own bookworm source.
 src=/etc/apt/sources.list.d/bookworm-backports.sources
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  . "$(dirname "$0")/debian-archive.sh"
+  debian_archive
   added_source=1
-  cat >"$src" <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
+  {
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\n' "$DEBIAN_URI"
+    [ -z "$DEBIAN_SIGNED_BY" ] || printf 'Signed-By: %s\n' "$DEBIAN_SIGNED_BY"
+  } >"$src.tmp"
+  mv "$src.tmp" "$src"
 fi
 
 need=()
 for p in containerd runc docker.io iproute2 busybox-static cpio kmod xz-utils gzip pciutils jq \
-  util-linux procps e2fsprogs; do
+  util-linux procps e2fsprogs debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 qemu_ok=

@@ -5,15 +5,15 @@
 # container spec, used inside a VM, and returned with its original settings.
 # Each step prints what kata-sriov did and then what the kernel reports.
 #
-#   sudo tests/lab/demo.sh                          # engine + passthrough (~8 min on 2 cores)
-#   sudo DEMO_SCENARIOS="engine shim passthrough" tests/lab/demo.sh
+#   tests/lab/demo.sh                               # engine + passthrough (~8 min on 2 cores)
+#   DEMO_SCENARIOS="engine shim passthrough" tests/lab/demo.sh
 #
-# Needs root; installs what it needs (QEMU from bookworm-backports, the
+# Run as root (it needs no sudo); installs what it needs (QEMU from bookworm-backports, the
 # kernel) on the first run.
 set -uo pipefail
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$LAB_DIR/../.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo): it boots a VM with QEMU and installs packages" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "demo: run as root: it boots a VM with QEMU and installs packages" >&2; exit 1; }
 read -r -a SCENARIOS <<<"${DEMO_SCENARIOS:-engine passthrough}"
 
 if [ -t 1 ] || [ -n "${DEMO_COLOR:-}" ]; then

@@ -1,7 +1,9 @@
-//! The Docker driver with the real dockerd (Debian's docker.io 20.10),
-//! started by the test with its own data root, exec root and API socket,
-//! `--bridge=none --iptables=false --ip-masq=false`, and an image made with
-//! `docker import` from a busybox rootfs. dockerd finds remote drivers by
+//! The Docker driver with the real dockerd: Debian bookworm's docker.io
+//! 20.10, and Docker 28 from the forky root (scripts/forky-root.sh; skipped
+//! when it is not built, unless `CI` is set), started by the test with its
+//! own data root, exec root and API socket, `"bridge": "none", "iptables":
+//! false, "ip-masq": false`, and an image made with `docker import` from a
+//! busybox rootfs. dockerd finds remote drivers by
 //! name in /run/docker/plugins: the plugin listens on
 //! `/run/docker/plugins/<tag>.sock` and the network is created with
 //! `-d <tag>`. veth ends stand in for the VFs' netdevs. Needs root, dockerd
@@ -11,106 +13,11 @@
 
 mod netdev_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
+use kata_sriov_tests::engines::{major, tar_of, Dockerd, Engines};
 use netdev_support::{busybox_rootfs, Plugin, VethHost};
-
-const DOCKER: &str = "/usr/bin/docker";
-
-struct Dockerd {
-    child: Option<Child>,
-    sock: PathBuf,
-    dir: PathBuf,
-}
-
-impl Dockerd {
-    fn start(dir: &Path) -> Dockerd {
-        std::fs::create_dir_all(dir).unwrap();
-        let sock = dir.join("docker.sock");
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .arg("--data-root")
-            .arg(dir.join("data"))
-            .arg("--exec-root")
-            .arg(dir.join("x"))
-            .arg("--pidfile")
-            .arg(dir.join("dockerd.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip-masq=false",
-                "--ip6tables=false",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd");
-        let d = Dockerd {
-            child: Some(child),
-            sock,
-            dir: dir.to_owned(),
-        };
-        let start = Instant::now();
-        while !d.docker(&["version"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "dockerd did not come up: {}",
-                std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        d
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        Command::new(DOCKER)
-            .arg("-H")
-            .arg(format!("unix://{}", self.sock.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        assert!(
-            o.status.success(),
-            "docker {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM: dockerd stops its containers and unmounts.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let start = Instant::now();
-            while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(30)
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// The lines of busybox `ip addr` about the interface whose line has `eth0`.
 fn eth0_block(out: &str) -> String {
@@ -123,27 +30,56 @@ fn eth0_block(out: &str) -> String {
 
 #[test]
 fn docker_run_gets_the_vf_and_docker_rm_returns_it_across_a_plugin_restart() {
+    network_driver(&Engines::Host);
+}
+
+#[test]
+fn docker_28_run_gets_the_vf_and_docker_rm_returns_it_across_a_plugin_restart() {
+    let Some(engines) = Engines::forky("docker_28 network driver") else {
+        return;
+    };
+    // dockerd finds the plugin's socket in /run/docker/plugins, which the
+    // forky root's private /run would hide.
+    network_driver(&engines.with_bind(PLUGINS));
+}
+
+const PLUGINS: &str = "/run/docker/plugins";
+
+/// The classic how-to on `engines`' dockerd: `docker network create -d
+/// kata-sriov -o pf=...`, `docker run --net`, `docker rm`.
+fn network_driver(engines: &Engines) {
     let host = VethHost::new("kd", 2, "");
     let driver = host.tag.clone();
     let mut plugin = Plugin::start(
         &host.config,
-        &PathBuf::from(format!("/run/docker/plugins/{driver}.sock")),
+        &PathBuf::from(format!("{PLUGINS}/{driver}.sock")),
         &host.path().join("plugin.log"),
     );
-    let d = Dockerd::start(&host.path().join("docker"));
+    let mut daemon = serde_json::json!({
+        "bridge": "none", "iptables": false, "ip-masq": false, "ip6tables": false
+    });
+    if engines.is_forky() {
+        // overlay2 does not stack on the root's overlay.
+        daemon["storage-driver"] = "vfs".into();
+    }
+    let daemon_json = host.path().join("daemon.json");
+    std::fs::write(&daemon_json, daemon.to_string()).unwrap();
+    let d = Dockerd::start(
+        engines,
+        &host.path().join("docker"),
+        &daemon_json,
+        None,
+        &[],
+    );
+    let version = d.server_version();
+    eprintln!("dockerd {version}");
+    if engines.is_forky() {
+        assert!(major(&version) >= 28, "forky's dockerd is {version}");
+    }
     let rootfs = host.path().join("rootfs");
     busybox_rootfs(&rootfs);
     let tar = host.path().join("bb.tar");
-    netdev_support::run(
-        "tar",
-        &[
-            "-C",
-            rootfs.to_str().unwrap(),
-            "-cf",
-            tar.to_str().unwrap(),
-            ".",
-        ],
-    );
+    tar_of(&rootfs, &tar);
     let image = format!("{driver}-bb:1");
     d.ok(&["import", tar.to_str().unwrap(), &image]);
 

@@ -9,80 +9,15 @@
 
 mod netdev_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use kata_sriov_tests::engines::{Containerd, Engines};
 use kata_sriov_tests::workspace_bin;
 use netdev_support::{busybox_rootfs, quiet_ok, run, VethHost};
-
-struct Containerd {
-    child: Option<Child>,
-    sock: PathBuf,
-}
-
-impl Containerd {
-    fn start(dir: &Path) -> Containerd {
-        std::fs::create_dir_all(dir).unwrap();
-        let sock = dir.join("c.sock");
-        let cfg = dir.join("config.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n",
-                dir.join("root"),
-                dir.join("state"),
-                sock,
-                dir.join("c.sock.ttrpc"),
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd");
-        let c = Containerd {
-            child: Some(child),
-            sock,
-        };
-        let start = Instant::now();
-        while !c.ctr(&["version"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "containerd did not come up: {}",
-                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 struct Netns(String);
 impl Drop for Netns {
@@ -130,17 +65,20 @@ fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {
     let spec_file = host.path().join("spec.json");
     std::fs::write(&spec_file, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 
-    let c = Containerd::start(&host.path().join("containerd"));
+    let c = Containerd::start(&Engines::Host, &host.path().join("containerd"), None, &[]);
     let id = format!("{}c", host.tag);
-    let o = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "io.containerd.runc.v2",
-        "--config",
-        spec_file.to_str().unwrap(),
-        &id,
-    ]);
+    let o = c.ctr(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--config",
+            spec_file.to_str().unwrap(),
+            &id,
+        ],
+        Duration::from_secs(120),
+    );
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let hook_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(

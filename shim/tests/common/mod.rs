@@ -20,6 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kata_sriov::testing::FakeSysfs;
+pub use kata_sriov_tests::{eventually, output_within, wait_within};
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-kata-sriov-v2");
 pub const RUNTIME: &str = "io.containerd.kata-sriov.v2";
@@ -37,65 +38,6 @@ pub fn kata_sriov_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Runs `cmd` to completion, killing it after `limit`.
-pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    let out = reader(child.stdout.take());
-    let err = reader(child.stderr.take());
-    let status = wait_within(&mut child, limit)
-        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {limit:?}"));
-    Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
-}
-
-fn reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(mut r) = r {
-            let _ = r.read_to_end(&mut v);
-        }
-        v
-    })
-}
-
-/// Waits for `child`, killing it after `limit` (then None).
-pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let t = Instant::now();
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Polls `f` until it is true or `limit` passes.
-pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if t.elapsed() > limit {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A busybox root filesystem.

@@ -58,9 +58,10 @@ impl VethHost {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         assert!(tag.len() <= 10, "tag {tag} too long for interface names");
+        // Under /dev/shm, which the forky root's engines see too.
         let dir = tempfile::Builder::new()
             .prefix("ks-netdev")
-            .tempdir()
+            .tempdir_in("/dev/shm")
             .unwrap_or_else(|e| panic!("temp dir: {e}"));
         let sys = dir.path().join("sys");
         let fake = FakeSysfs::new(&sys);
