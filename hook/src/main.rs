@@ -267,8 +267,11 @@ fn docker_plugin(cfg: &Config, socket: &std::path::Path) -> Result<()> {
 fn poststop(cfg: &Config, logger: &Logger) -> Result<()> {
     let state = state::read_state(std::io::stdin().lock())?;
     let owner = owner::from_state(&state.annotations, &state.id)?;
+    let from_annotation = state.annotations.contains_key(owner::OWNER_ANNOTATION);
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
+    // Only what the host side recorded for this container is released.
+    engine.authorize(&owner, state.bundle.as_deref(), from_annotation)?;
     let done = engine.release(&owner)?;
     info!(logger, "poststop released"; "owner" => &owner, "vfs" => done.len());
     Ok(())

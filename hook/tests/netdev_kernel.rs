@@ -388,3 +388,41 @@ fn gc_brings_the_netdev_home_once_the_bundle_is_gone() {
     assert!(!w.ns_has("net1"));
     assert_eq!(w.leases(), 0);
 }
+
+/// A container whose spec names another container's owner token gets
+/// nothing of it: the victim's VF stays in the victim's namespace and its
+/// lease is untouched (issue 19, attack 1).
+#[test]
+fn a_forged_owner_annotation_takes_no_vf() {
+    let w = World::new(1);
+    let nl = FileNetlink::new(&w.dir.path().join("nl"));
+    let binder = FakeBinder::new(&w.fake);
+    let engine = Engine::new(&w.cfg, &nl, &binder).unwrap();
+    netdev::create_runtime(&engine, &w.state("victim"), &spec_with("nd")).unwrap();
+    assert!(w.ns_has("net1"));
+    let before = std::fs::read_dir(w.dir.path().join("state/leases"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>();
+    // The attacker: another bundle, the victim's id as its owner annotation.
+    let mut st = w.state("attacker");
+    let other = w.dir.path().join("attacker-bundle");
+    std::fs::create_dir_all(&other).unwrap();
+    st.bundle = Some(other);
+    st.annotations
+        .insert("io.kata-sriov.owner".into(), json!("victim"));
+    let e = netdev::create_runtime(&engine, &st, &spec_with("nd")).unwrap_err();
+    assert!(e.to_string().contains("another container"), "{e}");
+    // An owner annotation naming no claim at all is refused too.
+    st.annotations
+        .insert("io.kata-sriov.owner".into(), json!("nobody"));
+    let e = netdev::create_runtime(&engine, &st, &spec_with("nd")).unwrap_err();
+    assert!(e.to_string().contains("names no claim"), "{e}");
+    assert!(w.ns_has("net1"), "the victim's interface was moved");
+    let after = std::fs::read_dir(w.dir.path().join("state/leases"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(before, after, "the victim's lease changed");
+    assert_eq!(w.leases(), 1);
+}

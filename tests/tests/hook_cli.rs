@@ -339,3 +339,52 @@ fn precreate_refuses_dan_pools() {
     );
     assert_rejected(&host, &o, "containerd-shim-kata-sriov-v2");
 }
+
+/// A poststop whose state names another container's owner (issue 19,
+/// attack 1) releases nothing; the victim's own poststop does.
+#[test]
+fn poststop_with_a_forged_owner_releases_nothing() {
+    use kata_sriov::kernel::sysfs::SysfsRoot;
+    use kata_sriov::kernel::vfio::SysfsBinder;
+    use kata_sriov::policy::config::Config;
+    use kata_sriov::policy::request::parse_request;
+    use kata_sriov::state::ledger::OwnerCheck;
+    use kata_sriov::Engine;
+
+    let host = host(2);
+    let cfg = Config::load(Some(&host.config)).unwrap();
+    let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+    let engine = Engine::new(&cfg, &host.nl, &binder).unwrap();
+    let victim = host.path().join("victim");
+    let attacker = host.path().join("attacker");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::create_dir(&attacker).unwrap();
+    engine
+        .claim(
+            "k8s.io/victim",
+            &parse_request("fast").unwrap(),
+            OwnerCheck::Bundle(victim.clone()),
+        )
+        .unwrap();
+    let before = host.leases();
+    let forged = serde_json::json!({"id": "attacker", "bundle": attacker,
+        "annotations": {"io.kata-sriov.owner": "k8s.io/victim"}});
+    let o = ks(
+        &host,
+        &["hook", "poststop"],
+        &serde_json::to_vec(&forged).unwrap(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("another container"), "{err}");
+    assert_eq!(host.leases(), before);
+    let own = serde_json::json!({"id": "victim", "bundle": victim,
+        "annotations": {"io.kata-sriov.owner": "k8s.io/victim"}});
+    let o = ks(
+        &host,
+        &["hook", "poststop"],
+        &serde_json::to_vec(&own).unwrap(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(host.leased().is_empty());
+}

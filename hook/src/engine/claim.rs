@@ -85,6 +85,12 @@ pub enum ClaimError {
     },
     #[error("{vf}: another process is working on this VF; try again")]
     Busy { vf: PciAddress },
+    #[error("{vf} is held by {owner:?} for another container (this hook's bundle: {bundle:?}); refusing to act on it")]
+    NotOwner {
+        owner: String,
+        vf: PciAddress,
+        bundle: Option<PathBuf>,
+    },
     #[error("{vf}: its lease disappeared")]
     LeaseGone { vf: PciAddress },
     #[error("{0}; then rolled back")]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::engine::claim::{ClaimError, Engine};
 use crate::pci::PciAddress;
-use crate::state::ledger::{self, Lease, LockGuard};
+use crate::policy::owner;
+use crate::state::ledger::{self, Lease, LockGuard, OwnerCheck};
 
 /// How long a change to one lease waits for its VF's lock.
 pub const HOLD_WAIT: Duration = Duration::from_secs(30);
@@ -54,6 +55,40 @@ impl<'a> Engine<'a> {
             .filter_map(|e| e.lease.ok())
             .filter(|l| l.owner == owner)
             .collect())
+    }
+
+    /// The leases a hook may act on for `owner`, given what its own state
+    /// says (`bundle`; `from_annotation`: the owner came from the spec's
+    /// owner annotation, which the container can write). Each lease is
+    /// checked against what the host side recorded at the claim: a lease
+    /// tied to a bundle only for that bundle; an untied lease only for a
+    /// generated precreate token (unguessable), or for the state's own id
+    /// when the state has no bundle either. Anything else is refused
+    /// before anything changes.
+    pub fn authorize(
+        &self,
+        owner: &str,
+        bundle: Option<&Path>,
+        from_annotation: bool,
+    ) -> Result<Vec<Lease>, ClaimError> {
+        let leases = self.leases_of(owner)?;
+        for l in &leases {
+            let ok = match &l.owner_check {
+                OwnerCheck::Bundle(b) => bundle == Some(b.as_path()),
+                OwnerCheck::None => {
+                    owner::is_generated(owner) || (!from_annotation && bundle.is_none())
+                }
+                OwnerCheck::Process { .. } => false,
+            };
+            if !ok {
+                return Err(ClaimError::NotOwner {
+                    owner: owner.to_owned(),
+                    vf: l.vf,
+                    bundle: bundle.map(Path::to_path_buf),
+                });
+            }
+        }
+        Ok(leases)
     }
 
     /// Whether some lease records `path` as its DAN file.

@@ -156,6 +156,13 @@ pub fn create_runtime_planned(
         }
     };
     let owner = hook_owner(state)?;
+    // The owner annotation is the container's to write: it names a claim
+    // the host side made for this very container, or nothing is done.
+    let from_annotation = state.annotations.contains_key(owner::OWNER_ANNOTATION);
+    let held = engine.authorize(&owner, state.bundle.as_deref(), from_annotation)?;
+    if from_annotation && held.is_empty() {
+        return Err(NetdevError::Owner(OwnerError::Unknown(owner)).into());
+    }
     let check = match &state.bundle {
         Some(b) => OwnerCheck::Bundle(b.clone()),
         None => OwnerCheck::None,

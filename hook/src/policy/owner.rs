@@ -19,6 +19,8 @@ pub enum OwnerError {
         "annotation {OWNER_ANNOTATION}: must be a non-empty string of at most {MAX_OWNER} bytes"
     )]
     BadAnnotation,
+    #[error("annotation {OWNER_ANNOTATION}: {0:?} names no claim of this host; refusing it (the host side writes it only after claiming)")]
+    Unknown(String),
     #[error("owner token must be 1 to {MAX_OWNER} bytes without control characters")]
     BadToken,
     #[error("cannot generate an owner token: reading random bytes failed")]
@@ -46,6 +48,14 @@ pub fn from_state(annotations: &Map<String, Value>, id: &str) -> Result<String, 
 /// The shim's owner token for a container: `<namespace>/<id>`.
 pub fn for_container(namespace: &str, id: &str) -> Option<String> {
     (!namespace.is_empty() && !id.is_empty()).then(|| format!("{namespace}/{id}"))
+}
+
+/// Whether `token` is one [`generate`] made for precreate: a capability
+/// (96 random bits) that only the runtime given the edited spec knows.
+pub fn is_generated(token: &str) -> bool {
+    token
+        .strip_prefix("precreate/")
+        .is_some_and(|h| h.len() == 24 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A fresh token `<prefix>/<24 hex digits>` from the kernel's random
