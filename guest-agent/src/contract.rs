@@ -151,6 +151,8 @@ pub enum L3Error {
     RouteHostBits(IpCidr),
     #[error("routes: via {0} is not a unicast host address")]
     BadVia(IpAddr),
+    #[error("routes: {dst} via {via}: no address in ips is on a network that contains {via}")]
+    ViaUnreachable { dst: IpCidr, via: IpAddr },
 }
 
 fn unicast_host(ip: IpAddr) -> bool {
@@ -220,6 +222,12 @@ impl L3Config {
                 if !unicast_host(via) {
                     return Err(L3Error::BadVia(via));
                 }
+                // The kernel refuses a next hop on no network of the NIC,
+                // after the name, addresses and link were already set:
+                // refuse it here, before anything changes.
+                if !self.ips.iter().any(|c| c.contains(via)) {
+                    return Err(L3Error::ViaUnreachable { dst: r.dst, via });
+                }
             }
         }
         Ok(())
@@ -250,6 +258,8 @@ pub enum GuestNetError {
     BadMac { index: usize, mac: MacAddr },
     #[error("guest networks: name {0} is used twice")]
     DuplicateName(IfName),
+    #[error("guest networks: mac {0} is used twice (one NIC cannot be two entries)")]
+    DuplicateMac(MacAddr),
 }
 
 // Not `#[from]`: the message already shows it, so it is not a source.
@@ -287,6 +297,11 @@ pub fn validate_guest_networks(nets: &[GuestNetwork]) -> Result<(), GuestNetErro
                 return Err(GuestNetError::DuplicateName(name.clone()));
             }
         }
+        if let Some(mac) = n.mac {
+            if nets[..index].iter().any(|o| o.mac == Some(mac)) {
+                return Err(GuestNetError::DuplicateMac(mac));
+            }
+        }
     }
     Ok(())
 }
@@ -298,6 +313,22 @@ mod tests {
     const SAMPLE: &str = r#"[{"mac":"02:00:00:00:00:01","pci_id":"8086:10ca","name":"net1",
         "ips":["10.0.0.5/24","fd00::5/64"],"gateway":"10.0.0.1",
         "routes":[{"dst":"10.1.0.0/16","via":"10.0.0.1"},{"dst":"fd01::/64"}],"mtu":1500}]"#;
+
+    #[test]
+    fn unreachable_next_hops_and_shared_macs_are_refused() {
+        // issue 19, attack 8: both passed validation and were half applied.
+        let via = r#"[{"pci_id":"8086:10ca","ips":["10.0.0.5/24"],
+            "routes":[{"dst":"10.1.0.0/16","via":"192.168.9.1"}]}]"#;
+        let e = parse_guest_networks(via).unwrap_err().to_string();
+        assert!(e.contains("192.168.9.1") && e.contains("no address"), "{e}");
+        let no_ips =
+            r#"[{"pci_id":"8086:10ca","routes":[{"dst":"10.1.0.0/16","via":"10.0.0.1"}]}]"#;
+        assert!(parse_guest_networks(no_ips).is_err());
+        let twice = r#"[{"mac":"02:00:00:00:00:01","pci_id":"8086:10ca"},
+            {"mac":"02:00:00:00:00:01","pci_id":"8086:10ca"}]"#;
+        let e = parse_guest_networks(twice).unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+    }
 
     #[test]
     fn sample_round_trips() {

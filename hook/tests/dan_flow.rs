@@ -265,3 +265,31 @@ fn a_pool_that_keeps_a_zero_mac_is_rolled_back() {
     assert!(!h.dan_file("sb6").exists());
     assert_nothing_claimed(&h, &e);
 }
+
+/// A sandbox cannot overwrite or plant another sandbox's DAN file (issue
+/// 19, attack 2): a file is replaced only by the owner that wrote it, and a
+/// spec naming another sandbox id than the shim's is refused.
+#[test]
+fn another_sandboxs_dan_file_is_never_touched() {
+    let h = host();
+    let e = h.engine();
+    let mut spec = sandbox_spec("sb7", "d");
+    shim_claim(&e, &mut spec, "k8s.io/sb7", OwnerCheck::None, "sb7")
+        .unwrap()
+        .unwrap();
+    let theirs = fs::read(h.dan_file("sb7")).unwrap();
+    // Another namespace, the same sandbox id: refused, the file unchanged.
+    let mut spec = sandbox_spec("sb7", "d");
+    let err = shim_claim(&e, &mut spec, "other/sb7", OwnerCheck::None, "sb7").unwrap_err();
+    assert!(matches!(err, FlowError::Dan(_)), "{err}");
+    assert_eq!(fs::read(h.dan_file("sb7")).unwrap(), theirs);
+    // A spec naming a sandbox that is not this shim's: refused, no file.
+    let mut spec = sandbox_spec("sb8", "d");
+    let err = shim_claim(&e, &mut spec, "other/x9", OwnerCheck::None, "x9").unwrap_err();
+    assert!(err.to_string().contains("another sandbox"), "{err}");
+    assert!(!h.dan_file("sb8").exists());
+    // Only the first sandbox holds a VF.
+    assert_eq!(e.leases_of("k8s.io/sb7").unwrap().len(), 1);
+    assert!(e.leases_of("other/sb7").unwrap().is_empty());
+    assert!(e.leases_of("other/x9").unwrap().is_empty());
+}

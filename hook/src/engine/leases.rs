@@ -91,13 +91,12 @@ impl<'a> Engine<'a> {
         Ok(leases)
     }
 
-    /// Whether some lease records `path` as its DAN file.
-    pub fn owns_dan_file(&self, path: &Path) -> Result<bool, ClaimError> {
+    /// Whether one of `owner`'s leases records `path` as its DAN file (a
+    /// file another owner wrote is not this owner's to replace).
+    pub fn owns_dan_file(&self, owner: &str, path: &Path) -> Result<bool, ClaimError> {
         Ok(self
-            .ledger
-            .list()?
-            .into_iter()
-            .filter_map(|e| e.lease.ok())
+            .leases_of(owner)?
+            .iter()
             .any(|l| l.dan_file.as_deref() == Some(path)))
     }
 

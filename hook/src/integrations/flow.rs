@@ -143,7 +143,7 @@ pub fn claim_for_shim(
     let existed = match &plan.dan_file {
         Some(p) => {
             let existed = fs::symlink_metadata(p).is_ok();
-            if existed && !engine.owns_dan_file(p)? {
+            if existed && !engine.owns_dan_file(owner, p)? {
                 return Err(DanError::Foreign { path: p.clone() }.into());
             }
             existed

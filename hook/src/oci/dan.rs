@@ -37,7 +37,9 @@ pub enum DanError {
     BadSandboxId(String),
     #[error("guest = \"dan\": the request is for a container of an existing pod ({0}); Kata reads DAN files only when the sandbox is created, so ask for the VF on the pod sandbox")]
     NotSandbox(String),
-    #[error("{path} exists and was not written by kata-sriov; refusing to overwrite it (Kata owns nothing there: remove it if it is stale)")]
+    #[error("guest = \"dan\": the spec names sandbox {named:?} but this is sandbox {id:?}; refusing to write another sandbox's DAN file")]
+    OtherSandbox { named: String, id: String },
+    #[error("{path} exists and was not written by kata-sriov for this sandbox; refusing to overwrite it (Kata owns nothing there: remove it if it is stale)")]
     Foreign { path: PathBuf },
     #[error(transparent)]
     Io(#[from] IoError),

@@ -107,6 +107,15 @@ impl ContainerPlan {
             return Ok(());
         }
         let sid = dan::sandbox_id(&annotations(spec), shim_id)?;
+        // Kata names the file by the sandbox being created: this shim's
+        // own id. A spec naming another sandbox is refused.
+        if sid != shim_id {
+            return Err(DanError::OtherSandbox {
+                named: sid,
+                id: shim_id.to_owned(),
+            }
+            .into());
+        }
         for r in &self.requests {
             if let Some(route) = r.l3.routes.iter().find(|x| x.via.is_none()) {
                 return Err(DanError::RouteWithoutGateway {
