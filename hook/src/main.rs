@@ -13,6 +13,7 @@ use slog::{info, Logger};
 
 use kata_sriov::admin::status;
 use kata_sriov::engine::claim::Engine;
+use kata_sriov::error::printable;
 use kata_sriov::integrations::flow;
 use kata_sriov::json::MAX_INPUT_BYTES;
 use kata_sriov::kernel::netlink::KernelNetlink;
@@ -150,16 +151,16 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 for (vf, owner) in &r.released {
-                    println!("released {vf} (owner {owner})");
+                    println!("released {vf} (owner {})", printable(owner));
                 }
                 for (vf, why) in &r.quarantined {
-                    println!("quarantined {vf}: {why}");
+                    println!("quarantined {vf}: {}", printable(why));
                 }
                 for vf in &r.busy {
                     println!("busy {vf}: another process is working on it");
                 }
                 for (vf, why) in &r.failed {
-                    println!("failed {vf}: {why}");
+                    println!("failed {vf}: {}", printable(why));
                 }
                 println!(
                     "gc: {} released, {} kept, {} quarantined, {} busy, {} failed",

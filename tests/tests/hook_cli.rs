@@ -388,3 +388,45 @@ fn poststop_with_a_forged_owner_releases_nothing() {
     assert!(o.status.success(), "{o:?}");
     assert!(host.leased().is_empty());
 }
+
+/// Owners with terminal escapes and newlines are refused at the claim, and
+/// one already on disk (an older version, a hand edit) is printed escaped
+/// by `status` and `gc`: no byte reaches the terminal raw and no line is
+/// forged (issue 19, attack 5).
+#[test]
+fn owners_with_control_characters_never_reach_the_terminal() {
+    use kata_sriov::kernel::sysfs::SysfsRoot;
+    use kata_sriov::kernel::vfio::SysfsBinder;
+    use kata_sriov::policy::config::Config;
+    use kata_sriov::policy::request::parse_request;
+    use kata_sriov::state::ledger::OwnerCheck;
+    use kata_sriov::{ClaimError, Engine};
+
+    let evil = "\u{1b}[2J\u{1b}]0;PWNED\u{7}x\nline2";
+    let host = host(2);
+    let cfg = Config::load(Some(&host.config)).unwrap();
+    let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+    let engine = Engine::new(&cfg, &host.nl, &binder).unwrap();
+    let reqs = parse_request("fast").unwrap();
+    let e = engine.claim(evil, &reqs, OwnerCheck::None).unwrap_err();
+    assert!(matches!(e, ClaimError::BadOwner(_)), "{e}");
+    assert!(host.leased().is_empty());
+    // A lease written with such an owner anyway.
+    let c = engine.claim("plain", &reqs, OwnerCheck::None).unwrap();
+    let p = host.path().join(format!("state/leases/{}.json", c[0].vf));
+    let mut lease: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    lease["owner"] = Value::from(evil);
+    std::fs::write(&p, serde_json::to_vec(&lease).unwrap()).unwrap();
+    for args in [&["status"][..], &["gc"][..]] {
+        let o = ks(&host, args, b"");
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        assert!(
+            !o.stdout.contains(&0x1b) && !o.stdout.contains(&0x07),
+            "{args:?}"
+        );
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(!text.lines().any(|l| l.starts_with("line2")), "{text}");
+    }
+    let text = String::from_utf8_lossy(&ks(&host, &["status"], b"").stdout).into_owned();
+    assert!(text.contains("\\u{1b}[2J"), "{text}");
+}

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::engine::claim::ClaimError;
-use crate::error::chain;
+use crate::error::{chain, printable};
 use crate::kernel::netlink::{VfNetlink, VfSettings};
 use crate::kernel::sysfs::SysfsRoot;
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
@@ -204,7 +204,7 @@ pub fn render(s: &Status) -> String {
             } else {
                 nets.join(",")
             },
-            pf.driver.as_deref().unwrap_or("-"),
+            printable(pf.driver.as_deref().unwrap_or("-")),
             pf.num_vfs,
             pf.total_vfs,
             pf.pools.join(",")
@@ -214,7 +214,7 @@ pub fn render(s: &Status) -> String {
             let mut line = format!(
                 "  vf {:<3} {addr} {:<9} group {:<4} netdev {:<10}",
                 v.index,
-                v.driver.as_deref().unwrap_or("-"),
+                printable(v.driver.as_deref().unwrap_or("-")),
                 v.iommu_group.map(|g| g.to_string()).unwrap_or("-".into()),
                 v.netdev.as_ref().map(IfName::as_str).unwrap_or("-"),
             );
@@ -234,23 +234,31 @@ pub fn render(s: &Status) -> String {
                     let _ = write!(
                         line,
                         " leased to {} ({:?}, pool {})",
-                        l.owner, l.state, l.pool
+                        printable(&l.owner),
+                        l.state,
+                        l.pool
                     );
                 }
                 None => line.push_str(" free"),
             }
             if let Some(e) = &v.error {
-                let _ = write!(line, " error: {e}");
+                let _ = write!(line, " error: {}", printable(e));
             }
             out.push_str(line.trim_end());
             out.push('\n');
         }
     }
     for q in &s.quarantined {
-        let _ = writeln!(out, "QUARANTINED {}: {} ({})", q.vf, q.reason, q.path);
+        let _ = writeln!(
+            out,
+            "QUARANTINED {}: {} ({})",
+            q.vf,
+            printable(&q.reason),
+            printable(&q.path)
+        );
     }
     for e in &s.errors {
-        let _ = writeln!(out, "error: {e}");
+        let _ = writeln!(out, "error: {}", printable(e));
     }
     out
 }

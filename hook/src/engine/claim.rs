@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::engine::mac;
-use crate::error::chain;
 use crate::error::IoError;
+use crate::error::{chain, printable};
 use crate::guestnet::{GuestNetwork, L3Config};
 use crate::kernel::iommu::{self, IommuError};
 use crate::kernel::netlink::{self, NetlinkError, VfNetlink, VfSetting, VfSettings};
@@ -30,6 +30,7 @@ use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::kernel::vfio::{self, DevNode, DriverBinder, VfioError, VFIO_PCI};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
 use crate::policy::config::{Config, GuestMode, MacPolicy, Mode, Pool};
+use crate::policy::owner;
 use crate::policy::request::NetworkRequest;
 use crate::state::ledger::{self, Lease, LeaseState, Ledger, LedgerError, OwnerCheck};
 
@@ -91,6 +92,8 @@ pub enum ClaimError {
         vf: PciAddress,
         bundle: Option<PathBuf>,
     },
+    #[error("owner token {0:?} must be 1 to 512 bytes without control characters")]
+    BadOwner(String),
     #[error("{vf}: its lease disappeared")]
     LeaseGone { vf: PciAddress },
     #[error("{0}; then rolled back")]
@@ -279,6 +282,9 @@ impl<'a> Engine<'a> {
         check: OwnerCheck,
         dan_file: Option<&Path>,
     ) -> Result<Vec<ClaimedVf>, ClaimError> {
+        if !owner::valid(owner) {
+            return Err(ClaimError::BadOwner(printable(owner)));
+        }
         let picks = {
             let _global = self.ledger.lock_global()?;
             // Read the ledger once: this owner's leases, every leased VF

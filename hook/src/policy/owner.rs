@@ -39,7 +39,7 @@ pub fn from_state(annotations: &Map<String, Value>, id: &str) -> Result<String, 
     match annotations.get(OWNER_ANNOTATION) {
         None => Ok(id.to_owned()),
         Some(v) => match v.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= MAX_OWNER => Ok(s.to_owned()),
+            Some(s) if valid(s) => Ok(s.to_owned()),
             _ => Err(OwnerError::BadAnnotation),
         },
     }
