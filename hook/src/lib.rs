@@ -4,6 +4,7 @@
 //! `DESIGN.md` in the repository for the module map.
 
 pub mod atomic;
+pub mod cdi;
 pub mod check;
 pub mod claim;
 pub mod config;
