@@ -93,7 +93,7 @@ pub async fn run_dra(
     let mut publisher = Publisher::new(client, settings.clone());
     let mut tick = tokio::time::interval(settings.rescan);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    while !*stop.borrow() {
         tokio::select! {
             _ = tick.tick() => {
                 match publish_once(&host, &settings, &mut publisher).await {
@@ -104,7 +104,12 @@ pub async fn run_dra(
                     Err(e) => error!(log, "publishing ResourceSlices failed"; "error" => e.to_string()),
                 }
             }
-            _ = stop.wait_for(|v| *v) => break,
+            changed = stop.changed() => {
+                let done = changed.is_err() || *stop.borrow();
+                if done {
+                    break;
+                }
+            }
         }
     }
     // The registration socket goes first, so the kubelet stops calling.
