@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::resource::v1::ResourceSlice;
@@ -31,25 +31,6 @@ const UID: &str = "0c4a5f8e-1d2b-4c3a-9f00-123456789abc";
 const UID2: &str = "0c4a5f8e-1d2b-4c3a-9f00-22222222bbbb";
 const UID3: &str = "0c4a5f8e-1d2b-4c3a-9f00-33333333cccc";
 const SLICE: &str = "node-1-kata-sriov-fast-0";
-
-async fn wait_slices(
-    api: &ApiServer,
-    what: &str,
-    mut f: impl FnMut(&BTreeMap<String, ResourceSlice>) -> bool,
-) -> BTreeMap<String, ResourceSlice> {
-    let start = Instant::now();
-    loop {
-        let s = api.slices();
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what}: slices never matched: {s:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn device_names(s: &ResourceSlice) -> Vec<String> {
     s.spec
@@ -139,7 +120,9 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
         .exists());
 
     // The ResourceSlice: one pool, all four VFs, owned by the Node.
-    let slices = wait_slices(&api, "first publication", |s| s.contains_key(SLICE)).await;
+    let slices = api
+        .wait_for_slices("first publication", |s| s.contains_key(SLICE))
+        .await;
     assert_eq!(slices.len(), 1);
     let s = &slices[SLICE];
     assert_eq!(s.spec.driver, DRIVER);
@@ -294,19 +277,21 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
         )
         .unwrap();
     assert_eq!(other[0].vf, node.vf(0));
-    let s = wait_slices(&api, "VF 0 taken", |s| {
-        s.get(SLICE)
-            .is_some_and(|s| !device_names(s).contains(&names::device_name(node.vf(0))))
-    })
-    .await;
+    let s = api
+        .wait_for_slices("VF 0 taken", |s| {
+            s.get(SLICE)
+                .is_some_and(|s| !device_names(s).contains(&names::device_name(node.vf(0))))
+        })
+        .await;
     assert_eq!(generation(&s), 2);
     assert_eq!(device_names(&s[SLICE]).len(), 3);
     // Returned: generation 3, back in the slice.
     e.release("default/outside").unwrap();
-    let s = wait_slices(&api, "VF 0 back", |s| {
-        s.get(SLICE).is_some_and(|s| device_names(s).len() == 4)
-    })
-    .await;
+    let s = api
+        .wait_for_slices("VF 0 back", |s| {
+            s.get(SLICE).is_some_and(|s| device_names(s).len() == 4)
+        })
+        .await;
     assert_eq!(generation(&s), 3);
 
     // Failures name the VF and why, and change nothing.

@@ -300,6 +300,26 @@ impl ApiServer {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// Waits (async) until `f` holds for the published slices.
+    pub async fn wait_for_slices(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&BTreeMap<String, ResourceSlice>) -> bool,
+    ) -> BTreeMap<String, ResourceSlice> {
+        let start = Instant::now();
+        loop {
+            let s = self.slices();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{what}: slices never matched: {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `f` holds for the published slices.
     pub fn wait_slices(
         &self,
