@@ -138,8 +138,9 @@ fn config_for<'a>(
     ours("FromClass").chain(ours("FromClaim")).last()
 }
 
-/// Parses opaque parameters into the request for a VF of `pool`.
-fn parse_config(
+/// Parses opaque parameters (`params`, of request `request` in claim
+/// `claim`) into the request for a VF of `pool`.
+pub fn parse_config(
     claim: &str,
     request: &str,
     pool: &str,
