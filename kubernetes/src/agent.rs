@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use slog::{error, info, Logger};
+use slog::{error, info, warn, Logger};
 use tokio::sync::watch;
 
 use crate::host::{Host, Settings};
@@ -33,12 +33,21 @@ async fn publish_once(
     host: &Arc<Host>,
     settings: &Settings,
     publisher: &mut Publisher,
+    problems: &mut Vec<String>,
+    log: &Logger,
 ) -> Result<slices::Published, SliceError> {
     let (h, s) = (host.clone(), settings.clone());
     let inv = tokio::task::spawn_blocking(move || slices::inventory(&h, &s))
         .await
         .map_err(SliceError::Task)??;
-    publisher.publish(inv).await
+    // Said once, not at every rescan.
+    if inv.problems != *problems {
+        for p in &inv.problems {
+            warn!(log, "not offering a PF's VFs"; "problem" => p);
+        }
+        *problems = inv.problems;
+    }
+    publisher.publish(inv.pools).await
 }
 
 /// Runs the DRA driver until `stop` turns true.
@@ -91,12 +100,13 @@ pub async fn run_dra(
         "dra" => dra_path.display().to_string());
 
     let mut publisher = Publisher::new(client, settings.clone());
+    let mut problems = Vec::new();
     let mut tick = tokio::time::interval(settings.rescan);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow() {
         tokio::select! {
             _ = tick.tick() => {
-                match publish_once(&host, &settings, &mut publisher).await {
+                match publish_once(&host, &settings, &mut publisher, &mut problems, &log).await {
                     Ok(p) if p.pools.is_empty() && p.deleted.is_empty() => {}
                     Ok(p) => info!(log, "published ResourceSlices";
                         "pools" => format!("{:?}", p.pools), "deleted" => format!("{:?}", p.deleted)),

@@ -98,8 +98,16 @@ pub fn numa_node(sysfs: &SysfsRoot, addr: PciAddress) -> Option<i64> {
     (n >= 0).then_some(n)
 }
 
+/// What a scan found: the publishable VFs per pool, and the PFs that could
+/// not be read (their VFs are not offered until they can).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inventory {
+    pub pools: Vec<PoolDevices>,
+    pub problems: Vec<String>,
+}
+
 /// Reads the node's publishable VFs, per pool.
-pub fn inventory(host: &Host, s: &Settings) -> Result<Vec<PoolDevices>, SliceError> {
+pub fn inventory(host: &Host, s: &Settings) -> Result<Inventory, SliceError> {
     let _serial = host.serial();
     let engine = host.engine().map_err(|e| SliceError::Ledger(Box::new(e)))?;
     let entries = engine
@@ -107,6 +115,7 @@ pub fn inventory(host: &Host, s: &Settings) -> Result<Vec<PoolDevices>, SliceErr
         .list()
         .map_err(|e| SliceError::Ledger(Box::new(e.into())))?;
     let mut out = Vec::new();
+    let mut problems = Vec::new();
     for pool in &host.cfg.pools {
         let scan = |e: ClaimError| SliceError::Scan {
             pool: pool.name.clone(),
@@ -115,8 +124,16 @@ pub fn inventory(host: &Host, s: &Settings) -> Result<Vec<PoolDevices>, SliceErr
         let mut devices = Vec::new();
         for pf_name in &pool.pfs {
             let sysfs = &engine.sysfs;
-            let pf = sysfs.resolve_pf(pf_name).map_err(|e| scan(e.into()))?;
-            let info = sysfs.pf_info(pf).map_err(|e| scan(e.into()))?;
+            let read = sysfs
+                .resolve_pf(pf_name)
+                .and_then(|pf| Ok((pf, sysfs.pf_info(pf)?)));
+            let (pf, info) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(format!("pool {:?}: PF {pf_name:?}: {e}", pool.name));
+                    continue;
+                }
+            };
             for index in 0..info.num_vfs {
                 // A VF that vanished mid-scan is simply not offered.
                 let Ok(vf) = sysfs.vf_addr(pf, index) else {
@@ -169,7 +186,10 @@ pub fn inventory(host: &Host, s: &Settings) -> Result<Vec<PoolDevices>, SliceErr
             devices,
         });
     }
-    Ok(out)
+    Ok(Inventory {
+        pools: out,
+        problems,
+    })
 }
 
 /// The slices of one pool at `generation`, owned by the Node.

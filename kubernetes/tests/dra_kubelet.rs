@@ -76,7 +76,13 @@ async fn unprepare(r: &mut Registered, uid: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
-    let node = FakeNode::new(4, "iavf", "vlan = 100\nspoofchk = false\n");
+    // Pool "gone" names a PF this node does not have: it is published
+    // empty and does not stop pool "fast".
+    let node = FakeNode::new(
+        4,
+        "iavf",
+        "vlan = 100\nspoofchk = false\n[[pools]]\nname = \"gone\"\npfs = [\"ens9\"]\n",
+    );
     // VF 1 reports its NUMA node; the others report none (-1).
     node.fake
         .write(&format!("bus/pci/devices/{}/numa_node", node.vf(1)), "1\n");
@@ -121,7 +127,7 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
 
     // The ResourceSlice: one pool, all four VFs, owned by the Node.
     let slices = api
-        .wait_for_slices("first publication", |s| s.contains_key(SLICE))
+        .wait_for_slices("first publication", |s| s.len() == 2)
         .await;
     assert_eq!(slices.len(), 1);
     let s = &slices[SLICE];
@@ -293,6 +299,27 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
         })
         .await;
     assert_eq!(generation(&s), 3);
+    // VFs removed (sriov_numvfs lowered, as `setup` or an admin does) and
+    // created again: generations 4 and 5.
+    let numvfs = "bus/pci/devices/0000:3b:00.0/sriov_numvfs";
+    node.fake.write(numvfs, "3\n");
+    let s = api
+        .wait_for_slices("VF 3 removed", |s| {
+            s.get(SLICE).is_some_and(|s| device_names(s).len() == 3)
+        })
+        .await;
+    assert_eq!(generation(&s), 4);
+    assert!(!device_names(&s[SLICE]).contains(&names::device_name(node.vf(3))));
+    node.fake.write(numvfs, "4\n");
+    let s = api
+        .wait_for_slices("VF 3 created", |s| {
+            s.get(SLICE).is_some_and(|s| device_names(s).len() == 4)
+        })
+        .await;
+    assert_eq!(generation(&s), 5);
+    // An unchanged inventory is not republished.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(generation(&api.slices()), 5);
 
     // Failures name the VF and why, and change nothing.
     api.add_claim(claim(
