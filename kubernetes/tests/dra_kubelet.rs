@@ -129,7 +129,9 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     let slices = api
         .wait_for_slices("first publication", |s| s.len() == 2)
         .await;
-    assert_eq!(slices.len(), 1);
+    let gone = &slices["node-1-kata-sriov-gone-0"];
+    assert_eq!(gone.spec.pool.name, "node-1/gone");
+    assert!(device_names(gone).is_empty());
     let s = &slices[SLICE];
     assert_eq!(s.spec.driver, DRIVER);
     assert_eq!(s.spec.node_name.as_deref(), Some(NODE));
