@@ -23,6 +23,36 @@ pub enum NameError {
     PoolClash { a: String, b: String, dra: String },
     #[error("node name {0:?} is not a DNS subdomain")]
     Node(String),
+    #[error(
+        "claim {namespace:?}/{name:?}: not a valid namespace (DNS label) and name (DNS subdomain)"
+    )]
+    Claim { namespace: String, name: String },
+}
+
+fn dns_label_ok(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+fn dns_subdomain_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns_label_ok)
+}
+
+/// Checks the namespace and name the kubelet sends before they go into an
+/// API path.
+pub fn check_claim_ref(namespace: &str, name: &str) -> Result<(), NameError> {
+    if dns_label_ok(namespace) && dns_subdomain_ok(name) {
+        Ok(())
+    } else {
+        Err(NameError::Claim {
+            namespace: namespace.chars().take(80).collect(),
+            name: name.chars().take(260).collect(),
+        })
+    }
 }
 
 /// A DNS label form of `s`: lowercase, `[a-z0-9-]`, other bytes become `-`.
@@ -42,16 +72,7 @@ pub fn dns_label(s: &str) -> String {
 
 /// Checks a node name (a DNS subdomain: what the API server allows).
 pub fn check_node(node: &str) -> Result<(), NameError> {
-    let ok = !node.is_empty()
-        && node.len() <= 253
-        && node.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
+    if dns_subdomain_ok(node) {
         Ok(())
     } else {
         Err(NameError::Node(node.to_owned()))
@@ -224,5 +245,15 @@ mod tests {
         check_node("worker-1.example").unwrap();
         assert!(check_node("Worker").is_err());
         assert!(slice_name(&"n".repeat(250), "p", 3).len() <= 253);
+        check_claim_ref("default", "c1.x").unwrap();
+        for (ns, name) in [
+            ("../x", "c"),
+            ("default", "a/b"),
+            ("", "c"),
+            ("d", ""),
+            ("D", "c"),
+        ] {
+            assert!(check_claim_ref(ns, name).is_err(), "{ns:?}/{name:?}");
+        }
     }
 }

@@ -114,6 +114,9 @@ impl Dra {
             devices: Vec::new(),
             error,
         };
+        if let Err(e) = crate::names::check_claim_ref(&c.namespace, &c.name) {
+            return fail(e.to_string());
+        }
         let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &c.namespace);
         let claim = match api.get(&c.name).await {
             Ok(claim) => claim,

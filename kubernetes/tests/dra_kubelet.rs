@@ -388,6 +388,19 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     // The kubelet asking for a UID the claim no longer has.
     let r3 = prepare(&mut k, "default", "c1", UID3).await;
     assert!(r3.error.contains("the claim was replaced"), "{}", r3.error);
+    let before = api.seen().len();
+    let hostile = prepare(&mut k, "../../api/v1/nodes", "x", UID3).await;
+    assert!(
+        hostile.error.contains("not a valid namespace"),
+        "{}",
+        hostile.error
+    );
+    assert!(
+        !api.seen()[before..]
+            .iter()
+            .any(|s| s.path.contains("resourceclaims")),
+        "a hostile namespace reached the API server"
+    );
     let missing = prepare(&mut k, "default", "nope", UID3).await;
     assert!(
         missing.error.contains("reading ResourceClaim default/nope"),
