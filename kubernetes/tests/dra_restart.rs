@@ -18,12 +18,15 @@ use common::*;
 use kata_sriov::claim::{Engine, Step};
 use kata_sriov::ledger::OwnerCheck;
 use kata_sriov::request::NetworkRequest;
+use kata_sriov::testing::{FakeBinder, FileNetlink};
 use kata_sriov_k8s::names;
 use kata_sriov_k8s::proto::dra_v1;
 
 const UID: &str = "11111111-2222-4333-8444-555555555555";
 const UID_CRASH: &str = "11111111-2222-4333-8444-666666666666";
 const UID_GONE: &str = "11111111-2222-4333-8444-777777777777";
+const UID_CLAIMED: &str = "11111111-2222-4333-8444-888888888888";
+const UID_REL: &str = "11111111-2222-4333-8444-999999999999";
 const SLICE: &str = "node-1-kata-sriov-fast-0";
 
 struct Agent(Child);
@@ -94,6 +97,19 @@ async fn unprepare(k: &mut Registered, uid: &str) -> String {
     r.claims.remove(uid).unwrap().error
 }
 
+/// An engine on the fake node whose probe (the kill-test hook) is `probe`.
+fn engine_with<'a>(
+    node: &'a FakeNode,
+    nl: &'a FileNetlink,
+    binder: &'a FakeBinder,
+    probe: Option<&'a (dyn Fn(Step) + Sync)>,
+) -> Engine<'a> {
+    let mut e = Engine::new(&node.cfg, nl, binder).unwrap();
+    e.node_wait = Duration::ZERO;
+    e.probe = probe;
+    e
+}
+
 /// Removes the registration socket a killed agent left, as the kubelet's
 /// plugin watcher would stop using it; the restarted agent replaces it.
 fn forget_sockets(node: &FakeNode) {
@@ -130,28 +146,58 @@ async fn sigkill_and_restart_keeps_prepared_claims_and_finishes_interrupted_work
     agent.0.wait().unwrap();
     forget_sockets(&node);
 
-    // While it is down, leave what a kill at two other points leaves: a
-    // claim killed right after writing its lease (state `claiming`), and an
-    // unprepare killed after the release but before deleting its spec.
+    // While it is down, leave what a kill at other points of prepare and
+    // unprepare leaves (the engine's kill-test probe panics there, which
+    // drops its locks as a kill does):
+    // - a prepare killed right after its lease was written (`claiming`);
+    // - a prepare killed after the engine's claim, before the CDI spec;
+    // - an unprepare killed after marking its lease `releasing`;
+    // - an unprepare killed after the release, before deleting its spec.
     let nl = node.nl();
     let binder = node.binder();
-    let mut e = Engine::new(&node.cfg, &nl, &binder).unwrap();
-    e.node_wait = Duration::ZERO;
-    let die = |s: Step| {
-        if s == Step::LeaseWritten {
-            panic!("killed after the lease was written");
+    let at = |step: Step| {
+        move |s: Step| {
+            if s == step {
+                panic!("killed at {s:?}");
+            }
         }
     };
-    e.probe = Some(&die);
-    let mut pinned = NetworkRequest::plain("fast".parse().unwrap());
-    pinned.vf = Some(node.vf(2));
-    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        e.claim(UID_CRASH, &[pinned], OwnerCheck::None)
-    }));
-    assert!(crashed.is_err());
-    assert!(node
-        .leases()
-        .contains(&(node.vf(2).to_string(), UID_CRASH.into(), "claiming".into())));
+    let (die_written, die_claimed, die_releasing) = (
+        at(Step::LeaseWritten),
+        at(Step::Claimed),
+        at(Step::MarkedReleasing),
+    );
+    let engine = |probe| engine_with(&node, &nl, &binder, probe);
+    let pinned = |i: u32| {
+        let mut r = NetworkRequest::plain("fast".parse().unwrap());
+        r.vf = Some(node.vf(i));
+        vec![r]
+    };
+    let killed = |f: &dyn Fn()| {
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err());
+    };
+    let (w, c, r): (
+        &(dyn Fn(Step) + Sync),
+        &(dyn Fn(Step) + Sync),
+        &(dyn Fn(Step) + Sync),
+    ) = (&die_written, &die_claimed, &die_releasing);
+    killed(&|| drop(engine(Some(w)).claim(UID_CRASH, &pinned(2), OwnerCheck::None)));
+    killed(&|| drop(engine(Some(c)).claim(UID_CLAIMED, &pinned(3), OwnerCheck::None)));
+    engine(None)
+        .claim(UID_REL, &pinned(0), OwnerCheck::None)
+        .unwrap();
+    killed(&|| drop(engine(Some(r)).release(UID_REL)));
+    let mut left = node.leases();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            (node.vf(0).to_string(), UID_REL.into(), "releasing".into()),
+            (node.vf(1).to_string(), UID.into(), "claimed".into()),
+            (node.vf(2).to_string(), UID_CRASH.into(), "claiming".into()),
+            (node.vf(3).to_string(), UID_CLAIMED.into(), "claimed".into()),
+        ]
+    );
     std::fs::write(spec_of(UID_GONE), &spec_before).unwrap();
 
     // Restart: it registers again and recovers from the ledger.
@@ -162,13 +208,21 @@ async fn sigkill_and_restart_keeps_prepared_claims_and_finishes_interrupted_work
             s.get(SLICE).is_some_and(|s| s.spec.pool.generation >= 2)
         })
         .await;
-    // Republished with a new generation, every VF offered again (VF 1 is
-    // the Kubernetes claim's; VF 2's interrupted claim was rolled back).
+    // Republished with a new generation, every VF offered (VFs 1 and 3 are
+    // Kubernetes claims'; VF 2's interrupted claim was rolled back, VF 0's
+    // interrupted release finished).
     assert_eq!(slices[SLICE].spec.pool.generation, 2);
     assert_eq!(slices[SLICE].spec.devices.as_ref().unwrap().len(), 4);
     assert_eq!(
         node.leases(),
-        [(node.vf(1).to_string(), UID.to_owned(), "claimed".to_owned())]
+        [
+            (node.vf(1).to_string(), UID.to_owned(), "claimed".to_owned()),
+            (
+                node.vf(3).to_string(),
+                UID_CLAIMED.to_owned(),
+                "claimed".to_owned()
+            ),
+        ]
     );
     assert!(!spec_of(UID_GONE).exists(), "stale spec kept");
     assert_eq!(std::fs::read(spec_of(UID)).unwrap(), spec_before);
@@ -186,11 +240,27 @@ async fn sigkill_and_restart_keeps_prepared_claims_and_finishes_interrupted_work
     ));
     let r2 = prepare(&mut k, "c2", UID_CRASH).await;
     assert_eq!(r2.error, "");
-    assert_eq!(node.leases().len(), 2);
-    assert_eq!(unprepare(&mut k, UID).await, "");
-    assert_eq!(unprepare(&mut k, UID_CRASH).await, "");
+    // The kubelet retries the prepare that never answered: it completes
+    // on the VF already claimed, and now has its spec.
+    api.add_claim(claim(
+        "default",
+        "c3",
+        UID_CLAIMED,
+        &[("node-1/fast", &dev(3))],
+        None,
+    ));
+    assert!(!spec_of(UID_CLAIMED).exists());
+    let r3 = prepare(&mut k, "c3", UID_CLAIMED).await;
+    assert_eq!(r3.error, "");
+    assert!(spec_of(UID_CLAIMED).exists());
+    assert_eq!(node.leases().len(), 3);
+    // The unprepare that was interrupted is retried: already done.
+    assert_eq!(unprepare(&mut k, UID_REL).await, "");
+    for uid in [UID, UID_CRASH, UID_CLAIMED] {
+        assert_eq!(unprepare(&mut k, uid).await, "");
+        assert!(!spec_of(uid).exists());
+    }
     assert!(node.leases().is_empty());
-    assert!(!spec_of(UID).exists() && !spec_of(UID_CRASH).exists());
     for i in 0..4 {
         assert_eq!(node.driver(i).as_deref(), Some("vfio-pci"), "VF {i}");
     }
