@@ -97,12 +97,14 @@ async fn unprepare(k: &mut Registered, uid: &str) -> String {
     r.claims.remove(uid).unwrap().error
 }
 
+type Probe = dyn Fn(Step) + Sync;
+
 /// An engine on the fake node whose probe (the kill-test hook) is `probe`.
 fn engine_with<'a>(
     node: &'a FakeNode,
     nl: &'a FileNetlink,
     binder: &'a FakeBinder,
-    probe: Option<&'a (dyn Fn(Step) + Sync)>,
+    probe: Option<&'a Probe>,
 ) -> Engine<'a> {
     let mut e = Engine::new(&node.cfg, nl, binder).unwrap();
     e.node_wait = Duration::ZERO;
@@ -176,11 +178,7 @@ async fn sigkill_and_restart_keeps_prepared_claims_and_finishes_interrupted_work
     let killed = |f: &dyn Fn()| {
         assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err());
     };
-    let (w, c, r): (
-        &(dyn Fn(Step) + Sync),
-        &(dyn Fn(Step) + Sync),
-        &(dyn Fn(Step) + Sync),
-    ) = (&die_written, &die_claimed, &die_releasing);
+    let (w, c, r): (&Probe, &Probe, &Probe) = (&die_written, &die_claimed, &die_releasing);
     killed(&|| drop(engine(Some(w)).claim(UID_CRASH, &pinned(2), OwnerCheck::None)));
     killed(&|| drop(engine(Some(c)).claim(UID_CLAIMED, &pinned(3), OwnerCheck::None)));
     engine(None)
