@@ -322,6 +322,25 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     // An unchanged inventory is not republished.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(generation(&api.slices()), 5);
+    // A change while the API server is away is published once it is back.
+    api.state.lock().unwrap().down = true;
+    node.fake.write(numvfs, "3\n");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(device_names(&api.slices()[SLICE]).len(), 4);
+    api.state.lock().unwrap().down = false;
+    let s = api
+        .wait_for_slices("after the outage", |s| {
+            s.get(SLICE).is_some_and(|s| device_names(s).len() == 3)
+        })
+        .await;
+    assert_eq!(generation(&s), 6);
+    node.fake.write(numvfs, "4\n");
+    let s = api
+        .wait_for_slices("VF 3 again", |s| {
+            s.get(SLICE).is_some_and(|s| device_names(s).len() == 4)
+        })
+        .await;
+    assert_eq!(generation(&s), 7);
 
     // Failures name the VF and why, and change nothing.
     api.add_claim(claim(
