@@ -255,7 +255,15 @@ pub struct Publisher {
     published: BTreeMap<String, (PoolDevices, i64)>,
     /// Generations found on the API server at start.
     seen: Option<BTreeMap<String, i64>>,
+    /// Publications skipped since the API server was last read.
+    idle: u32,
 }
+
+/// An unchanged inventory is checked against the API server (slices
+/// deleted or changed by someone else are put back) only every this many
+/// rescans, so that an idle node costs the API server nothing most of the
+/// time.
+pub const RESYNC_EVERY: u32 = 30;
 
 /// What one publication did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -274,6 +282,7 @@ impl Publisher {
             node_uid: None,
             published: BTreeMap::new(),
             seen: None,
+            idle: 0,
         }
     }
 
@@ -304,6 +313,15 @@ impl Publisher {
     /// Publishes `inv`: pools whose devices changed get generation + 1 and
     /// all their slices rewritten; slices of ours no pool needs are deleted.
     pub async fn publish(&mut self, inv: Vec<PoolDevices>) -> Result<Published, SliceError> {
+        let unchanged = self.published.len() == inv.len()
+            && inv
+                .iter()
+                .all(|p| self.published.get(&p.dra_pool).is_some_and(|(q, _)| q == p));
+        if unchanged && self.idle + 1 < RESYNC_EVERY {
+            self.idle += 1;
+            return Ok(Published::default());
+        }
+        self.idle = 0;
         let node_uid = match &self.node_uid {
             Some(u) => u.clone(),
             None => {
