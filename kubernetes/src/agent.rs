@@ -37,9 +37,18 @@ async fn publish_once(
     log: &Logger,
 ) -> Result<slices::Published, SliceError> {
     let (h, s) = (host.clone(), settings.clone());
-    let inv = tokio::task::spawn_blocking(move || slices::inventory(&h, &s))
-        .await
-        .map_err(SliceError::Task)??;
+    let (inv, swept) =
+        tokio::task::spawn_blocking(move || (slices::inventory(&h, &s), prepare::sweep(&h, &s)))
+            .await
+            .map_err(SliceError::Task)?;
+    match swept {
+        Ok(gone) if !gone.is_empty() => {
+            info!(log, "deleted CDI specs of claims that hold no VF"; "specs" => gone.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => warn!(log, "sweeping CDI specs failed"; "error" => e.to_string()),
+    }
+    let inv = inv?;
     // Said once, not at every rescan.
     if inv.problems != *problems {
         for p in &inv.problems {

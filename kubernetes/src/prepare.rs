@@ -405,27 +405,8 @@ pub fn recover(host: &Host, s: &Settings) -> Result<Recovered, RecoverError> {
     let claim_err = |e: ClaimError| RecoverError::Claim(Box::new(e));
     let engine = host.engine().map_err(claim_err)?;
     let gc = engine.gc().map_err(claim_err)?;
-    let mut prepared: Vec<String> = engine
-        .ledger
-        .list()
-        .map_err(|e| claim_err(e.into()))?
-        .into_iter()
-        .filter_map(|e| e.lease.ok())
-        .map(|l| l.owner)
-        .filter(|o| names::is_claim_owner(o))
-        .collect();
-    prepared.sort();
-    prepared.dedup();
-    let mut stale = Vec::new();
-    for stem in cdi::list(&s.cdi_dir, names::CDI_FILE_PREFIX)? {
-        let uid = stem
-            .strip_prefix(names::CDI_FILE_PREFIX)
-            .unwrap_or_default();
-        if !prepared.iter().any(|p| p == uid) {
-            cdi::remove(&s.cdi_dir, &stem)?;
-            stale.push(stem);
-        }
-    }
+    let prepared = prepared_claims(&engine)?;
+    let stale = remove_stale_specs(s, &prepared)?;
     Ok(Recovered {
         prepared,
         stale_specs: stale,
@@ -438,6 +419,48 @@ pub fn recover(host: &Host, s: &Settings) -> Result<Recovered, RecoverError> {
             gc.kept
         ),
     })
+}
+
+/// The claim UIDs that hold leases.
+fn prepared_claims(engine: &kata_sriov::claim::Engine<'_>) -> Result<Vec<String>, RecoverError> {
+    let mut prepared: Vec<String> = engine
+        .ledger
+        .list()
+        .map_err(|e| RecoverError::Claim(Box::new(e.into())))?
+        .into_iter()
+        .filter_map(|e| e.lease.ok())
+        .map(|l| l.owner)
+        .filter(|o| names::is_claim_owner(o))
+        .collect();
+    prepared.sort();
+    prepared.dedup();
+    Ok(prepared)
+}
+
+fn remove_stale_specs(s: &Settings, prepared: &[String]) -> Result<Vec<String>, RecoverError> {
+    let mut stale = Vec::new();
+    for stem in cdi::list(&s.cdi_dir, names::CDI_FILE_PREFIX)? {
+        let uid = stem
+            .strip_prefix(names::CDI_FILE_PREFIX)
+            .unwrap_or_default();
+        if !prepared.iter().any(|p| p == uid) {
+            cdi::remove(&s.cdi_dir, &stem)?;
+            stale.push(stem);
+        }
+    }
+    Ok(stale)
+}
+
+/// Deletes the CDI specs of claims that hold no VF any more (released
+/// outside Kubernetes, e.g. `kata-sriov release <uid>`); run at every
+/// rescan. Returns the specs deleted.
+pub fn sweep(host: &Host, s: &Settings) -> Result<Vec<String>, RecoverError> {
+    let _serial = host.serial();
+    let engine = host
+        .engine()
+        .map_err(|e| RecoverError::Claim(Box::new(e)))?;
+    let prepared = prepared_claims(&engine)?;
+    remove_stale_specs(s, &prepared)
 }
 
 /// The path of a claim's CDI spec.

@@ -455,6 +455,21 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     let bad = unprepare(&mut k, "../../etc").await;
     assert!(bad.contains("is not a UID"), "{bad}");
 
+    // Released outside Kubernetes (`kata-sriov release <uid>`): the spec
+    // goes at the next rescan, and unprepare is then a success.
+    assert_eq!(prepare(&mut k, "default", "c1", UID).await.error, "");
+    assert!(spec_path.exists());
+    assert_eq!(e.release(UID).unwrap(), [node.vf(2)]);
+    let start = std::time::Instant::now();
+    while spec_path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "spec of a released claim kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(unprepare(&mut k, UID).await, "");
+
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), agent)
         .await
