@@ -376,3 +376,125 @@ fn netdev_vf_is_reset_after_its_mac_is_set_on_the_pf() {
     e.release("c").unwrap();
     assert_eq!(keep.binder.binds(), 0);
 }
+
+/// A request for `pool` pinned to exactly `vf` (what the Kubernetes agent
+/// sends for the VF the scheduler allocated).
+fn pinned(pool: &str, vf: PciAddress) -> Vec<NetworkRequest> {
+    let mut r = NetworkRequest::plain(pool.parse().unwrap());
+    r.vf = Some(vf);
+    vec![r]
+}
+
+#[test]
+fn pinned_claim_takes_exactly_that_vf_and_is_idempotent() {
+    let lab = lab_with(4, POOL);
+    let e = lab.engine();
+    let got = e
+        .claim("uid-1", &pinned("fast", lab.vf(2)), OwnerCheck::None)
+        .unwrap();
+    assert_eq!(got[0].vf, lab.vf(2));
+    assert_eq!(got[0].vf_index, 2);
+    assert_eq!(lab.driver(2).as_deref(), Some("vfio-pci"));
+    assert_eq!((lab.nl.get("ens1f0", 2).unwrap().vlan.get()), 100);
+    // The free VFs before it are untouched.
+    assert_eq!(lab.driver(0).as_deref(), Some("iavf"));
+    assert_eq!(lab.nl.get("ens1f0", 0).unwrap(), VfSettings::default());
+    // Again: the same VF, nothing new.
+    let again = e
+        .claim("uid-1", &pinned("fast", lab.vf(2)), OwnerCheck::None)
+        .unwrap();
+    assert_eq!(again, got);
+    assert_eq!(e.ledger.leased().unwrap().len(), 1);
+    // The same owner pinning another VF is a mismatch, not a second claim.
+    let err = e
+        .claim("uid-1", &pinned("fast", lab.vf(3)), OwnerCheck::None)
+        .unwrap_err();
+    assert!(matches!(err, ClaimError::OwnerMismatch { .. }), "{err}");
+    assert_eq!(lab.driver(3).as_deref(), Some("iavf"));
+    e.release("uid-1").unwrap();
+    assert_eq!(lab.driver(2).as_deref(), Some("iavf"));
+    assert_eq!(lab.nl.get("ens1f0", 2).unwrap(), VfSettings::default());
+}
+
+/// Every refusal of a pinned VF names the VF and why, and changes nothing.
+#[test]
+fn pinned_vf_that_cannot_be_claimed_is_refused_naming_it() {
+    let lab = lab_with(4, POOL);
+    // VF 3 shares its IOMMU group with an unrelated endpoint.
+    let g = lab.fake.root().iommu_group(lab.vf(3)).unwrap().unwrap();
+    lab.fake
+        .add_device(kata_sriov::testing::FakeDevice::endpoint("0000:5e:00.0").in_group(g));
+    // A second PF, in a pool of its own.
+    lab.fake.add_pf("0000:af:00.0", "ens2f0", 2, 8);
+    lab.nl.add_pf("ens2f0", 2);
+    lab.fake.make_vfio_nodes(&lab.cfg.dev_root).unwrap();
+    let text = format!(
+        "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n{POOL}\n[[pools]]\nname = \"slow\"\npfs = [\"ens2f0\"]\n",
+        lab.cfg.state_dir, lab.cfg.sysfs_root, lab.cfg.dev_root
+    );
+    let cfg = Config::parse(&text, Path::new("test.toml")).unwrap();
+    let mut e = Engine::new(&cfg, &lab.nl, &lab.binder).unwrap();
+    e.node_wait = Duration::ZERO;
+    e.claim("holder", &pinned("fast", lab.vf(1)), OwnerCheck::None)
+        .unwrap();
+    let other_pf = lab.fake.root().resolve_pf("ens2f0").unwrap();
+    let other_vf = lab.fake.root().vf_addr(other_pf, 0).unwrap();
+    let gone = kata_sriov::testing::vf_address(lab.pf, 7);
+
+    let cases: Vec<(Vec<NetworkRequest>, PciAddress, &str)> = vec![
+        (
+            pinned("fast", lab.vf(1)),
+            lab.vf(1),
+            "it is leased to \"holder\"",
+        ),
+        (
+            pinned("fast", gone),
+            gone,
+            "not a VF of the pool's PFs (ens1f0)",
+        ),
+        (
+            pinned("fast", other_vf),
+            other_vf,
+            "belongs to another pool",
+        ),
+        (pinned("fast", lab.vf(3)), lab.vf(3), "0000:5e:00.0"),
+        (
+            [pinned("fast", lab.vf(0)), pinned("fast", lab.vf(0))].concat(),
+            lab.vf(0),
+            "asked for twice",
+        ),
+    ];
+    for (reqs, vf, why) in cases {
+        let before = e.ledger.leased().unwrap();
+        let err = e.claim("k8s-uid", &reqs, OwnerCheck::None).unwrap_err();
+        assert!(
+            matches!(err, ClaimError::PinnedUnavailable { vf: v, .. } if v == vf),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&vf.to_string()) && msg.contains(why), "{msg}");
+        // Nothing changed: no new lease, the free VFs on their driver.
+        assert_eq!(e.ledger.leased().unwrap(), before);
+        for i in [0, 2, 3] {
+            assert_eq!(lab.driver(i).as_deref(), Some("iavf"), "VF {i}");
+            assert_eq!(lab.nl.get("ens1f0", i).unwrap(), VfSettings::default());
+        }
+    }
+    // The right pool gets the other PF's VF.
+    let got = e
+        .claim("k8s-uid", &pinned("slow", other_vf), OwnerCheck::None)
+        .unwrap();
+    assert_eq!(got[0].vf, other_vf);
+}
+
+/// The pin is host-side only: no request text can carry it, and it is not
+/// written out.
+#[test]
+fn no_annotation_can_pin_a_vf() {
+    let err = parse_request(r#"[{"pool":"fast","vf":"0000:3b:10.0"}]"#).unwrap_err();
+    assert!(err.to_string().contains("unknown key \"vf\""), "{err}");
+    let mut r = NetworkRequest::plain("fast".parse().unwrap());
+    r.vf = Some("0000:3b:10.0".parse().unwrap());
+    assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"pool":"fast"}"#);
+    assert!(parse_request("fast").unwrap()[0].vf.is_none());
+}

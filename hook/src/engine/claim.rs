@@ -96,6 +96,12 @@ pub enum ClaimError {
     BadOwner(String),
     #[error("{vf}: its lease disappeared")]
     LeaseGone { vf: PciAddress },
+    #[error("VF {vf} cannot be claimed from pool {pool:?}: {why}")]
+    PinnedUnavailable {
+        vf: PciAddress,
+        pool: String,
+        why: String,
+    },
     #[error("{0}; then rolled back")]
     RolledBack(Box<ClaimError>),
     #[error("{first}; rolling back also failed: {rollback}")]
@@ -371,7 +377,12 @@ impl<'a> Engine<'a> {
         let mut asked: Vec<&str> = reqs.iter().map(|r| r.pool.as_str()).collect();
         held.sort_unstable();
         asked.sort_unstable();
-        if held != asked {
+        // A pinned request must find exactly its VF among those held.
+        let pins_differ = reqs
+            .iter()
+            .filter_map(|r| r.vf)
+            .any(|vf| !mine.iter().any(|l| l.vf == vf));
+        if held != asked || pins_differ {
             return Err(ClaimError::OwnerMismatch {
                 owner: owner.to_owned(),
                 held: mine.len(),
@@ -445,7 +456,10 @@ impl<'a> Engine<'a> {
         for r in reqs {
             let pool = self.pool(r.pool.as_str())?;
             let mut why = String::new();
-            let found = self.find_free(pool, &taken, &mut why)?;
+            let found = match r.vf {
+                Some(vf) => Some(self.find_pinned(pool, vf, &taken, entries)?),
+                None => self.find_free(pool, &taken, &mut why)?,
+            };
             let Some((pf, pf_netdev, index, vf, group, driver)) = found else {
                 let free = picks.iter().filter(|p| p.lease.pool == pool.name).count();
                 return Err(ClaimError::Exhausted {
@@ -547,34 +561,12 @@ impl<'a> Engine<'a> {
                 if taken.contains(&vf) {
                     continue;
                 }
-                let driver = self.sysfs.driver(vf)?;
-                let group = match pool.mode {
-                    Mode::Vfio => match iommu::check_isolated(&self.sysfs, vf) {
-                        Ok(g) => Some(g),
-                        Err(e @ IommuError::Off { .. }) => return Err(e.into()),
-                        Err(e) => {
-                            skipped.push(chain(&e));
-                            continue;
-                        }
-                    },
-                    Mode::Netdev => self.sysfs.iommu_group(vf)?,
-                };
-                let usable = match (pool.mode, driver.as_deref()) {
-                    // Already on vfio-pci with no lease: usable only when no
-                    // process (another tool's VM) has its group open.
-                    (Mode::Vfio, Some(VFIO_PCI)) => group.is_some_and(|g| {
-                        let node = self.cfg.dev_root.join("vfio").join(g.to_string());
-                        vfio::holders(&self.proc_root, &node).is_empty()
-                    }),
-                    (Mode::Vfio, _) => true,
-                    (Mode::Netdev, Some(d)) => d != VFIO_PCI && !self.sysfs.netdevs(vf)?.is_empty(),
-                    (Mode::Netdev, None) => false,
-                };
-                if !usable {
-                    skipped.push(format!("{vf} is on {driver:?}, not usable for this pool"));
-                    continue;
+                match self.usable(pool, vf)? {
+                    Ok((group, driver)) => {
+                        return Ok(Some((pf, info.netdev().cloned(), index, vf, group, driver)))
+                    }
+                    Err(reason) => skipped.push(reason),
                 }
-                return Ok(Some((pf, info.netdev().cloned(), index, vf, group, driver)));
             }
         }
         if !skipped.is_empty() {
@@ -587,6 +579,100 @@ impl<'a> Engine<'a> {
             );
         }
         Ok(None)
+    }
+
+    /// Whether `vf` can serve `pool` (alone in its IOMMU group in vfio
+    /// mode, on a driver the pool can use): its group and driver, or why
+    /// not. Does not look at leases.
+    #[allow(clippy::type_complexity)]
+    pub fn usable(
+        &self,
+        pool: &Pool,
+        vf: PciAddress,
+    ) -> Result<Result<(Option<u32>, Option<String>), String>, ClaimError> {
+        let driver = self.sysfs.driver(vf)?;
+        let group = match pool.mode {
+            Mode::Vfio => match iommu::check_isolated(&self.sysfs, vf) {
+                Ok(g) => Some(g),
+                Err(e @ IommuError::Off { .. }) => return Err(e.into()),
+                Err(e) => return Ok(Err(chain(&e))),
+            },
+            Mode::Netdev => self.sysfs.iommu_group(vf)?,
+        };
+        let usable = match (pool.mode, driver.as_deref()) {
+            // Already on vfio-pci with no lease: usable only when no
+            // process (another tool's VM) has its group open.
+            (Mode::Vfio, Some(VFIO_PCI)) => group.is_some_and(|g| {
+                let node = self.cfg.dev_root.join("vfio").join(g.to_string());
+                vfio::holders(&self.proc_root, &node).is_empty()
+            }),
+            (Mode::Vfio, _) => true,
+            (Mode::Netdev, Some(d)) => d != VFIO_PCI && !self.sysfs.netdevs(vf)?.is_empty(),
+            (Mode::Netdev, None) => false,
+        };
+        if !usable {
+            return Ok(Err(format!(
+                "{vf} is on {driver:?}, not usable for this pool"
+            )));
+        }
+        Ok(Ok((group, driver)))
+    }
+
+    /// Exactly `vf`, which must be a VF of one of `pool`'s PFs, without a
+    /// lease, and usable ([`Engine::usable`]); else an error naming it and why.
+    #[allow(clippy::type_complexity)]
+    fn find_pinned(
+        &self,
+        pool: &Pool,
+        vf: PciAddress,
+        taken: &HashSet<PciAddress>,
+        entries: &[ledger::LeaseEntry],
+    ) -> Result<
+        (
+            PciAddress,
+            Option<IfName>,
+            u32,
+            PciAddress,
+            Option<u32>,
+            Option<String>,
+        ),
+        ClaimError,
+    > {
+        let unavailable = |why: String| ClaimError::PinnedUnavailable {
+            vf,
+            pool: pool.name.clone(),
+            why,
+        };
+        if taken.contains(&vf) {
+            let holder = entries
+                .iter()
+                .find(|e| e.vf == vf)
+                .map(|e| match &e.lease {
+                    Ok(l) => format!("it is leased to {:?} ({:?})", l.owner, l.state),
+                    Err(_) => "its lease is unreadable (quarantined)".to_owned(),
+                })
+                .unwrap_or_else(|| "it is asked for twice in this claim".to_owned());
+            return Err(unavailable(holder));
+        }
+        for name in &pool.pfs {
+            let pf = self.sysfs.resolve_pf(name)?;
+            let info = self.sysfs.pf_info(pf)?;
+            for index in 0..info.num_vfs {
+                if self.sysfs.vf_addr(pf, index).ok() != Some(vf) {
+                    continue;
+                }
+                return match self.usable(pool, vf)? {
+                    Ok((group, driver)) => {
+                        Ok((pf, info.netdev().cloned(), index, vf, group, driver))
+                    }
+                    Err(reason) => Err(unavailable(reason)),
+                };
+            }
+        }
+        Err(unavailable(format!(
+            "it is not a VF of the pool's PFs ({}): it is gone or belongs to another pool",
+            pool.pfs.join(", ")
+        )))
     }
 
     /// The slow steps of one VF, under its own lock.

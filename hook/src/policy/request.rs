@@ -30,7 +30,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::guestnet::{IpCidr, L3Config, L3Error, Route};
-use crate::pci::{IfName, MacAddr, ParseError};
+use crate::pci::{IfName, MacAddr, ParseError, PciAddress};
 pub use crate::policy::config::{PoolName, MAX_POOL_NAME};
 
 /// Annotation a container sets to ask for VFs.
@@ -50,6 +50,11 @@ pub struct NetworkRequest {
     pub mac: Option<MacAddr>,
     #[serde(flatten)]
     pub l3: L3Config,
+    /// Host side only: claim exactly this VF (the Kubernetes agent pins the
+    /// VF the scheduler allocated). No parser sets it and it is never
+    /// serialized, so no annotation can.
+    #[serde(skip)]
+    pub vf: Option<PciAddress>,
 }
 
 impl NetworkRequest {
@@ -60,6 +65,7 @@ impl NetworkRequest {
             pool,
             mac: None,
             l3: L3Config::default(),
+            vf: None,
         }
     }
 }
@@ -194,7 +200,10 @@ fn field<T: DeserializeOwned>(name: &'static str, v: Value) -> Result<T, EntryEr
     })
 }
 
-fn parse_entry(v: Value) -> Result<NetworkRequest, EntryError> {
+/// Parses and validates one entry of the JSON form (an object with `pool`
+/// and the optional keys), as the annotation's entries are. For callers
+/// that get entries from elsewhere (the Kubernetes agent's opaque config).
+pub fn parse_entry(v: Value) -> Result<NetworkRequest, EntryError> {
     let Value::Object(map) = v else {
         return Err(EntryError::NotObject(kind(&v)));
     };
@@ -221,7 +230,12 @@ fn parse_entry(v: Value) -> Result<NetworkRequest, EntryError> {
     }
     let pool = pool.ok_or(EntryError::MissingPool)?;
     l3.validate().map_err(EntryError::L3)?;
-    Ok(NetworkRequest { pool, mac, l3 })
+    Ok(NetworkRequest {
+        pool,
+        mac,
+        l3,
+        vf: None,
+    })
 }
 
 /// A key cut to a readable length for an error message.

@@ -332,6 +332,7 @@ impl<'a> Driver<'a> {
             pool: pool_name,
             mac: given_mac.filter(|_| pool.mac == MacPolicy::Request),
             l3: L3Config::default(),
+            vf: None,
         };
         let owner = endpoint_owner(&nid, &eid);
         let claimed = self

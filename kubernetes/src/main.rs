@@ -1,0 +1,106 @@
+//! `kata-sriov-k8s`: the Kubernetes node agent (DaemonSet). Logs go to
+//! stderr; nothing is printed on stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kata_sriov::kernel::netlink::KernelNetlink;
+use kata_sriov::kernel::sysfs::SysfsRoot;
+use kata_sriov::kernel::vfio::SysfsBinder;
+use kata_sriov::policy::config::Config;
+use kata_sriov_k8s::agent;
+use kata_sriov_k8s::host::{Host, Settings};
+
+#[derive(Parser)]
+#[command(name = "kata-sriov-k8s", about = "kata-sriov's Kubernetes node agent")]
+struct Cli {
+    /// kata-sriov config (pools, state dir); default /etc/kata-sriov/config.toml or $KATA_SRIOV_CONFIG.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Run as a DRA driver: publish ResourceSlices, serve the kubelet's DRA plugin API.
+    Dra(DraArgs),
+}
+
+#[derive(clap::Args)]
+struct DraArgs {
+    /// The DRA driver name (the DeviceClass selects on it).
+    #[arg(long, default_value = "kata-sriov.io")]
+    driver_name: String,
+    /// This node's name (from the downward API: spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The kubelet's plugin registration directory.
+    #[arg(long, default_value = "/var/lib/kubelet/plugins_registry")]
+    plugins_registry: PathBuf,
+    /// The kubelet's plugin directory; the DRA socket is <dir>/<driver>/dra.sock.
+    #[arg(long, default_value = "/var/lib/kubelet/plugins")]
+    plugins_dir: PathBuf,
+    /// Where CDI specs are written (the runtime's CDI spec directory).
+    #[arg(long, default_value = kata_sriov::oci::cdi::DEFAULT_CDI_DIR)]
+    cdi_dir: PathBuf,
+    /// Seconds between rescans of sysfs and the ledger for slice changes.
+    #[arg(long, default_value_t = 10)]
+    rescan_seconds: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = kata_sriov::log::stderr("kata-sriov-k8s");
+    match run(cli, log.clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            slog::crit!(log, "exiting"; "error" => format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, log: slog::Logger) -> Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let Mode::Dra(a) = cli.mode;
+    let settings = Settings {
+        driver: a.driver_name,
+        node: a.node_name,
+        cdi_dir: a.cdi_dir,
+        plugins_registry: a.plugins_registry,
+        plugins_dir: a.plugins_dir,
+        rescan: Duration::from_secs(a.rescan_seconds.max(1)),
+    };
+    let nl = KernelNetlink::new().context("opening netlink")?;
+    let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+    let host = Arc::new(Host::new(cfg, Arc::new(nl), Arc::new(binder)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the API server (in-cluster or $KUBECONFIG)")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = tx.send(true);
+        });
+        agent::run_dra(host, settings, client, log, rx).await?;
+        Ok(())
+    })
+}
