@@ -647,24 +647,41 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
         }
         (KataFlavor::RuntimeRs, _) => {
             if dan {
+                let pools: Vec<String> = cfg
+                    .pools
+                    .iter()
+                    .filter(|pl| cfg.guest_mode(pl) == GuestMode::Dan)
+                    .map(|pl| format!("{:?}", pl.name))
+                    .collect();
+                let ks = cfg
+                    .source
+                    .as_deref()
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_else(|| crate::policy::config::DEFAULT_PATH.into());
                 fail(
                     "kata.plug",
-                    "runtime-rs has no VFIO DAN device; guest = \"dan\" pools need the Go runtime",
-                    "use the Go runtime for DAN pools, or guest = \"helper\"",
+                    format!(
+                        "{p} is runtime-rs, which has no VFIO DAN device, and {ks} has guest = \"dan\" for pool(s) {}",
+                        pools.join(", ")
+                    ),
+                    "use guest = \"helper\" for pools used with runtime-rs, or a Go runtime handler for DAN pools",
+                )
+            } else if cold != "root-port" {
+                fail(
+                    "kata.plug",
+                    format!("{p}: {at}.cold_plug_vfio = {cold:?}: runtime-rs cold-plugs the sandbox's VF only with \"root-port\""),
+                    cfgfix.clone(),
                 )
             } else if root_ports > 0 {
-                ok("kata.plug", format!("{at}: pcie_root_port = {root_ports}"))
-            } else if cold == "root-port" {
+                ok(
+                    "kata.plug",
+                    format!("{at}: cold_plug_vfio = \"root-port\", pcie_root_port = {root_ports}"),
+                )
+            } else {
                 warn(
                     "kata.plug",
                     format!("{at}: cold_plug_vfio = \"root-port\" and pcie_root_port = 0"),
                     format!("set pcie_root_port > 0 for hot plug of later containers: {cfgfix}"),
-                )
-            } else {
-                fail(
-                    "kata.plug",
-                    format!("{at}: pcie_root_port = 0: runtime-rs cannot plug a VF"),
-                    cfgfix.clone(),
                 )
             }
         }
@@ -682,11 +699,11 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
                 cfgfix.clone(),
             ),
         });
-        if flavor == KataFlavor::RuntimeRs && cfg.hook.poststop {
+        if flavor == KataFlavor::RuntimeRs && cfg.hook.shim_poststop() {
             out.push(fail(
                 "kata.host_hooks",
                 "runtime-rs drops the guest hooks when the spec has a host hook, and [hook] poststop = true adds one",
-                "set [hook] poststop = false in the kata-sriov config (the shim's delete and gc release instead)",
+                "set [hook] poststop = false (the default) in the kata-sriov config (the shim's delete and gc release instead)",
             ));
         }
     }

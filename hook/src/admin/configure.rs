@@ -21,7 +21,8 @@
 //!   [`KATA_CONFIG_PATHS`] that exists): in `[hypervisor.qemu]` (or the
 //!   first `[hypervisor.*]` table) `cold_plug_vfio = "root-port"` without
 //!   hot plug for guest-helper pools under the Go runtime,
-//!   `pcie_root_port` >= the VF count under runtime-rs, `guest_hook_path`
+//!   `cold_plug_vfio = "root-port"` and `pcie_root_port` >= the VF count
+//!   under runtime-rs (which has no `hot_plug_vfio`), `guest_hook_path`
 //!   when unset; for `guest = "dan"` pools `hot_plug_vfio = "root-port"`,
 //!   `cold_plug_vfio = "no-port"`, `pcie_root_port` >= the VF count, and
 //!   `[runtime] dan_conf` when kata-sriov's DAN directory is not Kata's
@@ -337,7 +338,7 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
                     base: None,
                 });
             }
-            if !cfg.hook.poststop {
+            if cfg.hook.poststop == Some(false) {
                 plan.notes.push(
                     "[hook] poststop = false in the kata-sriov config: the poststop hook file still releases VFs under podman"
                         .into(),
@@ -692,6 +693,8 @@ pub struct KataWant {
     pub vf_count: u32,
     /// kata-sriov's DAN directory.
     pub dan_dir: PathBuf,
+    /// The shim adds a host hook (`[hook] poststop = true`).
+    pub host_hook: bool,
 }
 
 impl KataWant {
@@ -712,6 +715,7 @@ impl KataWant {
             dan,
             vf_count: vf_count.max(1),
             dan_dir: cfg.dan.dir.clone(),
+            host_hook: cfg.hook.shim_poststop(),
         }
     }
 }
@@ -781,6 +785,9 @@ pub fn kata_edit(
                 }
             }
             (KataFlavor::RuntimeRs, _) => {
+                // The sandbox's /dev/vfio nodes are cold-plugged at boot
+                // (sandbox.rs prepare_coldplug_raw_vfio_devices).
+                set_value(hv, "cold_plug_vfio", "root-port");
                 if want.dan {
                     notes.push(
                         "runtime-rs has no VFIO DAN device: guest = \"dan\" pools need the Go runtime"
@@ -810,9 +817,9 @@ pub fn kata_edit(
             set_value(rt, "dan_conf", dir.as_str());
         }
     }
-    if flavor == KataFlavor::RuntimeRs && want.helper {
+    if flavor == KataFlavor::RuntimeRs && want.helper && want.host_hook {
         notes.push(
-            "runtime-rs drops guest hooks when the spec has a host hook: set [hook] poststop = false in the kata-sriov config"
+            "runtime-rs drops guest hooks when the spec has a host hook: set [hook] poststop = false (the default) in the kata-sriov config"
                 .into(),
         );
     }
