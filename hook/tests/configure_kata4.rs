@@ -381,6 +381,8 @@ fn check_tells_each_handlers_runtime_and_flags_what_runtime_rs_lacks() {
     );
     let go = get(&r, "handler.kata-sriov-qemu");
     assert!(go.message.contains("Go runtime"), "{}", go.message);
+    // The default delegate is not on PATH here, but the handlers have theirs.
+    assert_eq!(get(&r, "shim.delegate").status, Status::Warn);
     // runtime-rs: a DAN pool, named with the file and the key.
     let plug = get(&r, "handler.kata-sriov-qemu-runtime-rs.plug");
     assert_eq!(plug.status, Status::Fail);

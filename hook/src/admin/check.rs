@@ -203,12 +203,21 @@ pub fn run(cfg: &Config, env: &CheckEnv) -> Report {
         }
     }
     out.push(check_state_dir(&cfg.state_dir));
-    out.push(check_on_path(
+    let mut delegate = check_on_path(
         "shim.delegate",
         &cfg.shim.delegate,
         env.path.as_deref(),
         "install Kata Containers (containerd-shim-kata-v2) or set [shim] delegate in the kata-sriov config",
-    ));
+    );
+    if delegate.status == Status::Fail && !cfg.shim.delegates.is_empty() {
+        // kata-deploy nodes: the handlers have their own delegates; only
+        // the plain kata-sriov handler uses this one.
+        delegate.status = Status::Warn;
+        delegate.message.push_str(
+            " (used only by the runtime handler kata-sriov; the others have [shim.delegates])",
+        );
+    }
+    out.push(delegate);
     out.push(check_on_path(
         "shim.binary",
         SHIM_BINARY,
