@@ -470,3 +470,57 @@ fn check_fails_a_twin_without_its_delegate() {
     assert_eq!(h.status, Status::Fail);
     assert!(h.message.contains("[shim.delegates]"), "{}", h.message);
 }
+
+/// kata-deploy on containerd 2.x: the handlers are in a drop-in the main
+/// config imports; the twins go into the main config (containerd 2.x merges
+/// imported plugin tables), the drop-in stays kata-deploy's.
+#[test]
+fn handlers_in_an_imported_drop_in_get_twins_in_the_main_config() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("bin")).unwrap();
+    let confd = dir.path().join("conf.d");
+    fs::create_dir(&confd).unwrap();
+    let drop_in = confd.join("kata-deploy.toml");
+    let dtext = kata_deploy(3, "/opt/kata");
+    fs::write(&drop_in, &dtext).unwrap();
+    fs::write(confd.join("other.conf"), "not toml [").unwrap();
+    let f = dir.path().join("config.toml");
+    let main = "version = 3\nimports = [\"conf.d/*.toml\"]\n";
+    fs::write(&f, main).unwrap();
+    let s = setup(dir.path());
+    let plan = configure::plan_containerd(&f, &s).unwrap();
+    plan.apply().unwrap();
+    assert_eq!(fs::read_to_string(&drop_in).unwrap(), dtext);
+    let v: toml::Value = toml::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
+    let rts = runtimes(&v, 3);
+    assert_eq!(
+        rts["kata-sriov-qemu-runtime-rs"]["options"]["ConfigPath"].as_str(),
+        Some(RS_CONF)
+    );
+    assert_eq!(
+        rts["kata-sriov-qemu"]["options"]["ConfigPath"].as_str(),
+        Some(GO_CONF)
+    );
+    assert!(
+        rts.get("kata-qemu").is_none(),
+        "the Kata handlers stay in the drop-in"
+    );
+    assert!(!configure::plan_containerd(&f, &s).unwrap().changed());
+
+    // Version 2 (containerd 1.x): named, not twinned here.
+    let f2 = dir.path().join("config2.toml");
+    fs::write(
+        &f2,
+        "version = 2\nimports = [\"conf.d/kata-deploy.toml\"]\n",
+    )
+    .unwrap();
+    let plan = configure::plan_containerd(&f2, &s).unwrap();
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("kata-qemu-runtime-rs") && n.contains("containerd 1.x")),
+        "{:?}",
+        plan.notes
+    );
+    assert!(!plan.files[0].new.contains("kata-sriov-qemu"));
+}

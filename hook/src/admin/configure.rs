@@ -639,7 +639,7 @@ impl ContainerdSetup {
 }
 
 /// A Kata runtime handler in containerd's config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct KataHandler {
     /// The CRI runtime handler name (`kata-qemu-runtime-rs`).
     pub name: String,
@@ -650,6 +650,10 @@ pub struct KataHandler {
     pub config_path: Option<PathBuf>,
     /// Which Kata runtime, from the shim path and the ConfigPath's content.
     pub flavor: KataFlavor,
+    /// Its table, without comments (the twin starts from a copy).
+    pub table: Table,
+    /// The file it is in.
+    pub file: PathBuf,
 }
 
 /// Our twin of Kata handler `name`: `kata-sriov-<name without "kata-">`.
@@ -756,6 +760,8 @@ pub fn kata_handlers(
             shim,
             config_path,
             flavor,
+            table: fresh_copy(rt),
+            file: path.to_owned(),
         });
     }
     Ok((found, notes))
@@ -848,12 +854,7 @@ fn containerd_twins(
     for h in handlers {
         let twin = twin_name(&h.name);
         if t.get(&twin).is_none() {
-            let copy = t
-                .get(&h.name)
-                .and_then(Item::as_table_like)
-                .map(fresh_copy)
-                .unwrap_or_default();
-            t.insert(&twin, Item::Table(copy));
+            t.insert(&twin, Item::Table(h.table.clone()));
         }
         let rt = child(t, &twin, path, &at)?;
         set_value(rt, "runtime_type", format!("io.containerd.{twin}.v2"));
@@ -927,6 +928,47 @@ fn twin_link(setup: &ContainerdSetup, twin: &str) -> Result<LinkChange, Configur
     })
 }
 
+/// The files containerd config text imports (`imports`, relative to the
+/// file's directory, `*` patterns in the last component matched here).
+fn imported_files(text: &str, path: &Path) -> Result<Vec<PathBuf>, ConfigureError> {
+    let doc = parse_toml(text, path)?;
+    let Some(list) = doc.get("imports").and_then(Item::as_array) else {
+        return Ok(Vec::new());
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut out = Vec::new();
+    for entry in list.iter().filter_map(|v| v.as_str()) {
+        let p = dir.join(entry);
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match name.split_once('*') {
+            None => out.push(p),
+            Some((pre, suf)) => {
+                let parent = p.parent().unwrap_or(dir);
+                let mut matched: Vec<PathBuf> = fs::read_dir(parent)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|c| {
+                        c.file_name().is_some_and(|n| {
+                            let n = n.to_string_lossy();
+                            n.len() >= pre.len() + suf.len()
+                                && n.starts_with(pre)
+                                && n.ends_with(suf)
+                        })
+                    })
+                    .collect();
+                matched.sort();
+                out.extend(matched);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Plans `configure containerd`: the `kata-sriov` runtime, and for each
 /// Kata handler found a twin (see [`containerd_twins`]), its delegate in
 /// the kata-sriov config and its symlink beside our shim. Everything is
@@ -936,8 +978,36 @@ pub fn plan_containerd(path: &Path, setup: &ContainerdSetup) -> Result<Plan, Con
     let old = read_optional(path)?;
     let text = old.as_deref().unwrap_or("");
     let with_runtime = containerd_edit(text, path)?;
-    let (handlers, notes) = kata_handlers(text, path, setup.path.as_deref())?;
+    let (mut handlers, notes) = kata_handlers(text, path, setup.path.as_deref())?;
     plan.notes.extend(notes);
+    // kata-deploy on containerd 2.x writes its handlers into a drop-in
+    // that this file imports; containerd 2.x merges imported plugin tables
+    // into this file's, so the twins can live here. containerd 1.x lets an
+    // imported CRI section replace this file's: there they are only named.
+    let version = containerd_version(&parse_toml(text, path)?, path)?;
+    for file in imported_files(text, path)? {
+        let Some(t) = read_optional(&file)? else {
+            continue;
+        };
+        let (found, notes) = kata_handlers(&t, &file, setup.path.as_deref())?;
+        plan.notes.extend(notes);
+        for h in found {
+            if handlers.iter().any(|k| k.name == h.name) {
+                continue;
+            }
+            if version >= 3 {
+                handlers.push(h);
+            } else {
+                plan.notes.push(format!(
+                    "runtime {} is in the imported {}: containerd 1.x lets an imported CRI section replace {}'s, so put its kata-sriov twin there (kata-sriov configure containerd --file {})",
+                    h.name,
+                    file.display(),
+                    path.display(),
+                    file.display()
+                ));
+            }
+        }
+    }
     let new = containerd_twins(&with_runtime, path, &handlers, setup)?;
     if containerd_cri_disabled(&new) {
         plan.notes.push(format!(
