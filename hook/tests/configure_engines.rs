@@ -623,7 +623,9 @@ fn kata_dan_pools_get_hot_plug_root_ports_and_dan_conf() {
 fn kata_runtime_rs_gets_root_ports_and_the_host_hook_warning() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "configuration.toml", KATA_RS);
-    let c = cfg("[[pools]]\nname = \"a\"\npfs = [\"ens1f0\"]\nnum_vfs = 2\n");
+    // The host hook is opt-in since Kata 4; opted in here.
+    let c =
+        cfg("[hook]\npoststop = true\n[[pools]]\nname = \"a\"\npfs = [\"ens1f0\"]\nnum_vfs = 2\n");
     let env = kata_env(dir.path(), &f);
     let r = check::run(&c, &env);
     assert!(kata_check(&r, "kata.config").message.contains("runtime-rs"));
@@ -638,7 +640,11 @@ fn kata_runtime_rs_gets_root_ports_and_the_host_hook_warning() {
         v["hypervisor"]["qemu"]["pcie_root_port"].as_integer(),
         Some(2)
     );
-    assert!(v["hypervisor"]["qemu"].get("cold_plug_vfio").is_none());
+    // runtime-rs cold-plugs the sandbox's VF (issue 14).
+    assert_eq!(
+        v["hypervisor"]["qemu"]["cold_plug_vfio"].as_str(),
+        Some("root-port")
+    );
     let c2 =
         cfg("[hook]\npoststop = false\n[[pools]]\nname = \"a\"\npfs = [\"ens1f0\"]\nnum_vfs = 2\n");
     let r = check::run(&c2, &env);

@@ -4,6 +4,7 @@
 //! until told to stop. (The device plugin of issue #17 will be a second
 //! mode beside this one, over the same [`Host`].)
 
+use kata_sriov::chain;
 use std::sync::Arc;
 
 use slog::{error, info, warn, Logger};
@@ -46,7 +47,7 @@ async fn publish_once(
             info!(log, "deleted CDI specs of claims that hold no VF"; "specs" => gone.join(", "))
         }
         Ok(_) => {}
-        Err(e) => warn!(log, "sweeping CDI specs failed"; "error" => e.to_string()),
+        Err(e) => warn!(log, "sweeping CDI specs failed"; "error" => chain(&e)),
     }
     let inv = inv?;
     // Said once, not at every rescan.
@@ -120,7 +121,7 @@ pub async fn run_dra(
                     Ok(p) => info!(log, "published ResourceSlices";
                         "pools" => format!("{:?}", p.pools), "deleted" => format!("{:?}", p.deleted)),
                     // The API server may be away for a while: retry at the next tick.
-                    Err(e) => error!(log, "publishing ResourceSlices failed"; "error" => e.to_string()),
+                    Err(e) => error!(log, "publishing ResourceSlices failed"; "error" => chain(&e)),
                 }
             }
             changed = stop.changed() => {

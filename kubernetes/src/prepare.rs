@@ -48,7 +48,7 @@ pub enum PrepareError {
     },
     #[error("claim {claim}: not allocated yet")]
     NotAllocated { claim: String },
-    #[error("claim {claim}: device {device:?} of pool {pool:?}: {source}")]
+    #[error("claim {claim}: device {device:?} of pool {pool:?}")]
     Device {
         claim: String,
         pool: String,
@@ -61,7 +61,7 @@ pub enum PrepareError {
         request: String,
         reason: String,
     },
-    #[error("claim {claim}: opaque config for request {request:?}: {source}")]
+    #[error("claim {claim}: opaque config for request {request:?}")]
     ConfigEntry {
         claim: String,
         request: String,
@@ -71,12 +71,12 @@ pub enum PrepareError {
     DuplicateName { claim: String, name: String },
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("claim {claim}: {source}")]
+    #[error("claim {claim}")]
     Claim {
         claim: String,
         source: Box<ClaimError>,
     },
-    #[error("claim {claim}: writing its CDI spec: {source}")]
+    #[error("claim {claim}: writing its CDI spec")]
     Cdi { claim: String, source: CdiError },
     #[error("claim {claim}: {first}; releasing its VFs again also failed: {rollback}")]
     RollbackFailed {
@@ -351,12 +351,12 @@ fn write_spec(
 pub enum UnprepareError {
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("claim {uid}: releasing its VFs: {source}")]
+    #[error("claim {uid}: releasing its VFs")]
     Release {
         uid: String,
         source: Box<ClaimError>,
     },
-    #[error("claim {uid}: deleting its CDI spec: {source}")]
+    #[error("claim {uid}: deleting its CDI spec")]
     Cdi { uid: String, source: CdiError },
 }
 

@@ -5,6 +5,7 @@
 //! unprepared on its own; a failure is reported in that claim's `error`,
 //! never as a failed call, so the kubelet retries only what failed.
 
+use kata_sriov::chain;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,13 +31,13 @@ pub const SUPPORTED_VERSIONS: [&str; 2] = ["v1.DRAPlugin", "v1beta1.DRAPlugin"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("serving gRPC on {path}: {source}")]
+    #[error("serving gRPC on {path}")]
     Serve {
         path: PathBuf,
         source: tonic::transport::Error,
@@ -115,15 +116,17 @@ impl Dra {
             error,
         };
         if let Err(e) = crate::names::check_claim_ref(&c.namespace, &c.name) {
-            return fail(e.to_string());
+            return fail(chain(&e));
         }
         let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &c.namespace);
         let claim = match api.get(&c.name).await {
             Ok(claim) => claim,
             Err(e) => {
                 return fail(format!(
-                    "reading ResourceClaim {}/{}: {e}",
-                    c.namespace, c.name
+                    "reading ResourceClaim {}/{}: {ec}",
+                    c.namespace,
+                    c.name,
+                    ec = chain(&e)
                 ))
             }
         };
@@ -149,10 +152,14 @@ impl Dra {
                 }
             }
             Ok(Err(e)) => {
-                warn!(self.log, "prepare failed"; "uid" => &c.uid, "error" => e.to_string());
-                fail(e.to_string())
+                warn!(self.log, "prepare failed"; "uid" => &c.uid, "error" => chain(&e));
+                fail(chain(&e))
             }
-            Err(e) => fail(format!("prepare of claim {} did not finish: {e}", c.uid)),
+            Err(e) => fail(format!(
+                "prepare of claim {} did not finish: {ec}",
+                c.uid,
+                ec = chain(&e)
+            )),
         }
     }
 
@@ -166,10 +173,14 @@ impl Dra {
                 String::new()
             }
             Ok(Err(e)) => {
-                warn!(self.log, "unprepare failed"; "uid" => &c.uid, "error" => e.to_string());
-                e.to_string()
+                warn!(self.log, "unprepare failed"; "uid" => &c.uid, "error" => chain(&e));
+                chain(&e)
             }
-            Err(e) => format!("unprepare of claim {} did not finish: {e}", c.uid),
+            Err(e) => format!(
+                "unprepare of claim {} did not finish: {ec}",
+                c.uid,
+                ec = chain(&e)
+            ),
         };
         v1::NodeUnprepareResourceResponse { error }
     }
@@ -218,8 +229,12 @@ impl v1::dra_plugin_server::DraPlugin for Dra {
 
 /// Re-encodes a message as another with the same fields and numbers.
 fn recode<A: Message, B: Message + Default>(a: &A) -> Result<B, Status> {
-    B::decode(a.encode_to_vec().as_slice())
-        .map_err(|e| Status::internal(format!("re-encoding between DRA API versions: {e}")))
+    B::decode(a.encode_to_vec().as_slice()).map_err(|e| {
+        Status::internal(format!(
+            "re-encoding between DRA API versions: {ec}",
+            ec = chain(&e)
+        ))
+    })
 }
 
 /// The v1beta1 service over the same [`Dra`].

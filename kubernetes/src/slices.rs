@@ -15,6 +15,7 @@ use k8s_openapi::api::resource::v1::{
     Device, DeviceAttribute, ResourcePool, ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kata_sriov::chain;
 use kata_sriov::engine::claim::ClaimError;
 use kata_sriov::kernel::sysfs::SysfsRoot;
 use kata_sriov::pci::PciAddress;
@@ -29,16 +30,16 @@ pub const PCIE_ROOT_ATTRIBUTE: &str = "resource.kubernetes.io/pcieRoot";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SliceError {
-    #[error("scanning pool {pool:?}: {source}")]
+    #[error("scanning pool {pool:?}")]
     Scan {
         pool: String,
         source: Box<ClaimError>,
     },
     #[error("reading the ledger: {0}")]
     Ledger(Box<ClaimError>),
-    #[error("reading node {node} from the API server: {source}")]
+    #[error("reading node {node} from the API server")]
     Node { node: String, source: kube::Error },
-    #[error("{op} ResourceSlice {name}: {source}")]
+    #[error("{op} ResourceSlice {name}")]
     Api {
         op: &'static str,
         name: String,
@@ -133,7 +134,11 @@ pub fn inventory(host: &Host, s: &Settings) -> Result<Inventory, SliceError> {
             let (pf, info) = match read {
                 Ok(r) => r,
                 Err(e) => {
-                    problems.push(format!("pool {:?}: PF {pf_name:?}: {e}", pool.name));
+                    problems.push(format!(
+                        "pool {:?}: PF {pf_name:?}: {ec}",
+                        pool.name,
+                        ec = chain(&e)
+                    ));
                     continue;
                 }
             };

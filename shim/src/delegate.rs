@@ -1,14 +1,19 @@
 //! The shim every call is handed to, and the hand-over itself (`execve(2)`
 //! with the same arguments, environment, working directory and stdin).
 //!
-//! Which shim: the name this binary was invoked under, when it is
-//! `containerd-shim-kata-sriov-<X>-v2` (a symlink or copy; containerd
-//! runs it for the runtime `io.containerd.kata-sriov-<X>.v2`), names
-//! `containerd-shim-<X>-v2`; otherwise `[shim] delegate` from the config
-//! (default `containerd-shim-kata-v2`). Where: an absolute path as is; a
-//! name is looked up as containerd looks up shims: `$PATH`, then beside
-//! containerd's binary (`-publish-binary`). Reads `$PATH` and
-//! `/proc/self/exe`.
+//! Which shim, first match:
+//! 1. this binary invoked as `containerd-shim-<H>-v2` (a symlink; containerd
+//!    runs it for the runtime type `io.containerd.<H>.v2`, or as the
+//!    handler's `runtime_path`) and `[shim.delegates]` has `H`: that
+//!    absolute path (how one node fronts Kata's Go runtime and runtime-rs,
+//!    whose shims share a file name; `kata-sriov configure containerd`
+//!    writes both sides);
+//! 2. invoked as `containerd-shim-kata-sriov-<X>-v2`: `containerd-shim-<X>-v2`;
+//! 3. `[shim] delegate` from the config (default `containerd-shim-kata-v2`).
+//!
+//! Where: an absolute path as is; a name is looked up as containerd looks
+//! up shims: `$PATH`, then beside containerd's binary (`-publish-binary`).
+//! Reads `$PATH` and `/proc/self/exe`.
 
 use std::ffi::CString;
 use std::ffi::{OsStr, OsString};
@@ -20,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::execv;
+
+use kata_sriov::policy::config::ShimConfig;
 
 /// This shim's own binary name.
 pub const OWN_NAME: &str = "containerd-shim-kata-sriov-v2";
@@ -38,25 +45,46 @@ pub enum DelegateError {
     Relative(String),
     #[error("delegate shim {0}: is this shim itself; set [shim] delegate to another shim")]
     Itself(PathBuf),
+    #[error("delegate shim {path} of runtime handler {handler:?} ([shim.delegates] in the kata-sriov config): not an executable file")]
+    HandlerMissing { handler: String, path: PathBuf },
     #[error("delegate shim {path}: exec failed: {cause}")]
     Exec { path: PathBuf, cause: io::Error },
 }
 
 /// Where the delegate's name came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
+    /// `[shim.delegates]` for the runtime handler in the invoked name.
+    Handler(String),
     /// The name this binary was invoked under.
     InvokedName,
     /// `[shim] delegate` in the config (or its default).
     Config,
 }
 
-/// The delegate for a binary invoked as `argv0`, with `configured` from
-/// the config.
-pub fn choose(argv0: &OsStr, configured: &str) -> (String, Origin) {
+/// The runtime handler `H` of a binary invoked as `.../containerd-shim-<H>-v2`
+/// (the binary name containerd derives from `io.containerd.<H>.v2`).
+pub fn handler_of(argv0: &OsStr) -> Option<&str> {
+    let base = Path::new(argv0).file_name()?.to_str()?;
+    let h = base
+        .strip_prefix("containerd-shim-")?
+        .strip_suffix(NAME_SUFFIX)?;
+    (!h.is_empty()).then_some(h)
+}
+
+/// The delegate for a binary invoked as `argv0`, with the config's `[shim]`.
+pub fn choose(argv0: &OsStr, shim: &ShimConfig) -> (String, Origin) {
+    if let Some(h) = handler_of(argv0) {
+        if let Some(p) = shim.delegates.get(h) {
+            return (
+                p.to_string_lossy().into_owned(),
+                Origin::Handler(h.to_owned()),
+            );
+        }
+    }
     match from_invoked_name(argv0) {
         Some(n) => (n, Origin::InvokedName),
-        None => (configured.to_owned(), Origin::Config),
+        None => (shim.delegate.clone(), Origin::Config),
     }
 }
 
@@ -73,7 +101,7 @@ pub fn from_invoked_name(argv0: &OsStr) -> Option<String> {
     ok.then(|| format!("containerd-shim-{mid}-v2"))
 }
 
-fn is_executable_file(p: &Path) -> bool {
+pub fn is_executable_file(p: &Path) -> bool {
     fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
@@ -179,14 +207,51 @@ mod tests {
         ] {
             assert_eq!(n(plain), None, "{plain}");
         }
+        let cfg = ShimConfig {
+            delegate: "d".into(),
+            ..Default::default()
+        };
         assert_eq!(
-            choose(OsStr::new("/x/containerd-shim-kata-sriov-v2"), "d"),
+            choose(OsStr::new("/x/containerd-shim-kata-sriov-v2"), &cfg),
             ("d".to_owned(), Origin::Config)
         );
         assert_eq!(
-            choose(OsStr::new("/x/containerd-shim-kata-sriov-runc-v2"), "d").1,
+            choose(OsStr::new("/x/containerd-shim-kata-sriov-runc-v2"), &cfg).1,
             Origin::InvokedName
         );
+    }
+
+    #[test]
+    fn handler_table_selects_by_absolute_path() {
+        let mut cfg = ShimConfig::default();
+        cfg.delegates.insert(
+            "kata-sriov-qemu-runtime-rs".into(),
+            PathBuf::from("/opt/kata/runtime-rs/bin/containerd-shim-kata-v2"),
+        );
+        cfg.delegates.insert(
+            "kata-sriov-qemu".into(),
+            PathBuf::from("/opt/kata/bin/containerd-shim-kata-v2"),
+        );
+        let c = |a: &str| choose(OsStr::new(a), &cfg);
+        assert_eq!(
+            c("/usr/local/bin/containerd-shim-kata-sriov-qemu-runtime-rs-v2"),
+            (
+                "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2".to_owned(),
+                Origin::Handler("kata-sriov-qemu-runtime-rs".into())
+            )
+        );
+        assert_eq!(
+            c("containerd-shim-kata-sriov-qemu-v2").0,
+            "/opt/kata/bin/containerd-shim-kata-v2"
+        );
+        // Not in the table: the name rule, then [shim] delegate.
+        assert_eq!(
+            c("/x/containerd-shim-kata-sriov-clh-v2"),
+            ("containerd-shim-clh-v2".to_owned(), Origin::InvokedName)
+        );
+        assert_eq!(c("/x/containerd-shim-kata-sriov-v2").1, Origin::Config);
+        assert_eq!(handler_of(OsStr::new("/x/containerd-shim--v2")), None);
+        assert_eq!(handler_of(OsStr::new("/x/shim")), None);
     }
 
     fn exe(p: &Path) {

@@ -107,7 +107,13 @@ fn find_delegate(
     cfg: &Config,
     a: &ShimArgs,
 ) -> Result<PathBuf, delegate::DelegateError> {
-    let (name, _) = delegate::choose(argv0, &cfg.shim.delegate);
+    let (name, origin) = delegate::choose(argv0, &cfg.shim);
+    if let delegate::Origin::Handler(handler) = origin {
+        let path = PathBuf::from(&name);
+        if !delegate::is_executable_file(&path) {
+            return Err(delegate::DelegateError::HandlerMissing { handler, path });
+        }
+    }
     let own = std::env::current_exe().ok();
     delegate::resolve(
         &name,
@@ -209,7 +215,7 @@ fn release_after_failure(engine: &Engine<'_>, owner: &str, log: &Logger) {
 }
 
 /// Releases `owner`'s VFs, giving up after [`DELETE_RELEASE_DEADLINE`]
-/// (the lease then stays for the poststop hook or `kata-sriov gc`).
+/// (the lease then stays for `kata-sriov gc`, and the log says so).
 fn release_bounded(cfg: &Config, owner: &str, log: &Logger) {
     if !cfg.state_dir.is_dir() {
         return;
@@ -242,7 +248,7 @@ fn release_bounded(cfg: &Config, owner: &str, log: &Logger) {
             );
         }
         Err(_) => {
-            warn!(log, "delete: release still running after {DELETE_RELEASE_DEADLINE:?}; leaving it to the poststop hook or gc"; "owner" => owner)
+            warn!(log, "delete: release still running after {DELETE_RELEASE_DEADLINE:?} (containerd allows delete 5 s); leaving the lease to `kata-sriov gc`"; "owner" => owner)
         }
     }
 }

@@ -56,6 +56,26 @@ fn check_runtimes(runtimes: &toml::Value) {
         shim_binary(q["runtime_type"].as_str().unwrap()),
         "containerd-shim-kata-sriov-kata-qemu-v2"
     );
+    // The twin of kata-deploy's runtime-rs handler: our shim under the
+    // handler's binary name, by path, and the handler's ConfigPath.
+    let rs = &runtimes["kata-sriov-qemu-runtime-rs"];
+    let bin = shim_binary(rs["runtime_type"].as_str().unwrap());
+    assert_eq!(bin, "containerd-shim-kata-sriov-qemu-runtime-rs-v2");
+    assert_eq!(
+        rs["runtime_path"].as_str(),
+        Some(format!("/usr/local/bin/{bin}").as_str())
+    );
+    assert_eq!(
+        rs["options"]["ConfigPath"].as_str(),
+        Some("/opt/kata/share/defaults/kata-containers/runtime-rs/runtimes/qemu-runtime-rs/configuration-qemu-runtime-rs.toml")
+    );
+    let pod: Vec<&str> = rs["pod_annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(pod, ["io.katacontainers.*", "io.kata-sriov.*"]);
 }
 
 #[test]

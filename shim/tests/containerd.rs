@@ -31,6 +31,8 @@ fn node_line(lines: &[String], group: u32) -> Option<&String> {
 #[test]
 fn run_with_request_gets_the_vf_and_releases_it_after() {
     let lab = Lab::new(2, "containerd-shim-runc-v2");
+    // The poststop hook is opt-in for the shim (default: delete releases).
+    lab.host.set_poststop(true);
     let mut run = lab.spawn(RUNTIME, "c1", Some(POOL), SHOW_AND_WAIT);
     run.line_with("READY", T);
     let leases = lab.host.leases();

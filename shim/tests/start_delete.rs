@@ -135,6 +135,8 @@ fn start_claims_rewrites_and_hands_over_everything_untouched() {
         serde_json::json!({REQUEST: POOL, "io.kubernetes.cri.container-type": "sandbox"}),
         true,
     );
+    // The poststop hook is opt-in for the shim.
+    s.host.set_poststop(true);
     let args = start_args("sb1");
     let o = shim(&s, Path::new(SHIM), &args);
     assert!(o.status.success(), "{o:?}");

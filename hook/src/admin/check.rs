@@ -22,7 +22,10 @@
 //! `pool.<pool>.iommu.<pf>`, `state_dir`, `shim.delegate`, `shim.binary`,
 //! `kata.config`, `kata.plug` (cold/hot plug and root ports),
 //! `kata.guest_hook_path`, `kata.dan_conf`, `kata.host_hooks`
-//! (runtime-rs), `containerd.runtime`. Checks that do not apply (no pool
+//! (runtime-rs), `containerd.runtime`, and per kata-sriov runtime handler
+//! in containerd's config `handler.<name>` (which Kata runtime it fronts,
+//! from its delegate's path and its `ConfigPath`) with the Kata checks of
+//! its `ConfigPath` for that runtime, `handler.<name>.plug` etc. Checks that do not apply (no pool
 //! of that kind, no Kata config) are left out. The command exits non-zero
 //! when any check fails.
 
@@ -201,12 +204,21 @@ pub fn run(cfg: &Config, env: &CheckEnv) -> Report {
         }
     }
     out.push(check_state_dir(&cfg.state_dir));
-    out.push(check_on_path(
+    let mut delegate = check_on_path(
         "shim.delegate",
         &cfg.shim.delegate,
         env.path.as_deref(),
         "install Kata Containers (containerd-shim-kata-v2) or set [shim] delegate in the kata-sriov config",
-    ));
+    );
+    if delegate.status == Status::Fail && !cfg.shim.delegates.is_empty() {
+        // kata-deploy nodes: the handlers have their own delegates; only
+        // the plain kata-sriov handler uses this one.
+        delegate.status = Status::Warn;
+        delegate.message.push_str(
+            " (used only by the runtime handler kata-sriov; the others have [shim.delegates])",
+        );
+    }
+    out.push(delegate);
     out.push(check_on_path(
         "shim.binary",
         SHIM_BINARY,
@@ -215,6 +227,7 @@ pub fn run(cfg: &Config, env: &CheckEnv) -> Report {
     ));
     out.extend(check_kata(cfg, &root, &env.kata_configs));
     out.push(check_containerd(&env.containerd_config));
+    out.extend(check_handlers(cfg, &root, env));
     Report::new(out)
 }
 
@@ -494,18 +507,7 @@ pub fn check_state_dir(dir: &Path) -> CheckResult {
 }
 
 /// Finds an executable on `path` (or an absolute path).
-pub fn which(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    let exec = |p: &Path| {
-        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return exec(&p).then_some(p);
-    }
-    std::env::split_paths(path?)
-        .map(|d| d.join(name))
-        .find(|p| exec(p))
-}
+pub use crate::admin::configure::which;
 
 fn check_on_path(id: &str, name: &str, path: Option<&std::ffi::OsStr>, fix: &str) -> CheckResult {
     match which(name, path) {
@@ -543,38 +545,51 @@ fn vf_count(cfg: &Config, root: &SysfsRoot, dan_only: bool) -> u32 {
 }
 
 fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<CheckResult> {
-    let mut out = Vec::new();
     let Some(path) = configure::find_kata_config(candidates) else {
         let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        out.push(warn(
+        return vec![warn(
             "kata.config",
             format!(
                 "no Kata configuration found ({}); Kata checks skipped",
                 looked.join(", ")
             ),
             "install Kata Containers if VFs go to Kata VMs, then run `kata-sriov configure kata`",
-        ));
-        return out;
+        )];
     };
+    check_kata_file(cfg, root, &path, None, "kata")
+}
+
+/// The Kata checks of one configuration file, ids `<prefix>.config`,
+/// `<prefix>.plug`...; `flavor` when the runtime is known (a handler's
+/// shim), else from the file.
+fn check_kata_file(
+    cfg: &Config,
+    root: &SysfsRoot,
+    path: &Path,
+    flavor: Option<KataFlavor>,
+    prefix: &str,
+) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let id = |what: &str| format!("{prefix}.{what}");
     let p = path.display();
-    let doc = match fs::read_to_string(&path)
+    let doc = match fs::read_to_string(path)
         .map_err(|e| chain(&e))
         .and_then(|t| t.parse::<DocumentMut>().map_err(|e| chain(&e)))
     {
         Ok(d) => d,
         Err(e) => {
             out.push(fail(
-                "kata.config",
+                id("config"),
                 format!("{p}: {}", e.trim_end().replace('\n', " ")),
                 format!("fix the TOML in {p}"),
             ));
             return out;
         }
     };
-    let flavor = configure::kata_flavor(&doc);
+    let flavor = flavor.unwrap_or_else(|| configure::kata_flavor(&doc));
     let Some(hv) = configure::kata_hypervisor(&doc) else {
         out.push(fail(
-            "kata.config",
+            id("config"),
             format!("{p} has no [hypervisor.*] table"),
             format!("check {p}: it is not a Kata configuration"),
         ));
@@ -584,7 +599,7 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
         KataFlavor::Go => "Go runtime",
         KataFlavor::RuntimeRs => "runtime-rs",
     };
-    out.push(ok("kata.config", format!("{p} ({fl}, hypervisor.{hv})")));
+    out.push(ok(id("config"), format!("{p} ({fl}, hypervisor.{hv})")));
     let cfgfix = format!("run `kata-sriov configure kata --file {p}`");
     let port = |k: &str| hv_str(&doc, &hv, k).unwrap_or("no-port").to_owned();
     let (cold, hot) = (port("cold_plug_vfio"), port("hot_plug_vfio"));
@@ -603,21 +618,21 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
         (KataFlavor::Go, false) => {
             if cold != "no-port" && hot != "no-port" {
                 fail(
-                    "kata.plug",
+                    id("plug"),
                     format!("{at}: cold_plug_vfio = {cold:?} and hot_plug_vfio = {hot:?}: the Go runtime refuses both"),
                     cfgfix.clone(),
                 )
             } else if cold == "root-port" {
-                ok("kata.plug", format!("{at}: cold_plug_vfio = \"root-port\""))
+                ok(id("plug"), format!("{at}: cold_plug_vfio = \"root-port\""))
             } else if hot != "no-port" {
                 warn(
-                    "kata.plug",
+                    id("plug"),
                     format!("{at}: hot_plug_vfio = {hot:?}: VFs are hot-plugged (needs pcie_root_port, now {root_ports})"),
                     format!("cold plug is the tested path: {cfgfix}"),
                 )
             } else {
                 fail(
-                    "kata.plug",
+                    id("plug"),
                     format!("{at}: cold_plug_vfio = {cold:?}: Kata refuses a /dev/vfio device"),
                     cfgfix.clone(),
                 )
@@ -627,49 +642,66 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
             let need = vf_count(cfg, root, true);
             if hot == "no-port" {
                 fail(
-                    "kata.plug",
+                    id("plug"),
                     format!("{at}: hot_plug_vfio = \"no-port\": DAN pools need hot plug"),
                     cfgfix.clone(),
                 )
             } else if cold != "no-port" {
                 fail(
-                    "kata.plug",
+                    id("plug"),
                     format!("{at}: cold_plug_vfio = {cold:?} with hot_plug_vfio = {hot:?}: the Go runtime refuses both; DAN needs cold_plug_vfio = \"no-port\""),
                     cfgfix.clone(),
                 )
             } else if root_ports < i64::from(need) {
                 fail(
-                    "kata.plug",
+                    id("plug"),
                     format!("{at}: pcie_root_port = {root_ports}, fewer than the {need} VF(s) of the DAN pools"),
                     cfgfix.clone(),
                 )
             } else {
                 ok(
-                    "kata.plug",
+                    id("plug"),
                     format!("{at}: hot_plug_vfio = {hot:?}, cold_plug_vfio = \"no-port\", pcie_root_port = {root_ports}"),
                 )
             }
         }
         (KataFlavor::RuntimeRs, _) => {
             if dan {
+                let pools: Vec<String> = cfg
+                    .pools
+                    .iter()
+                    .filter(|pl| cfg.guest_mode(pl) == GuestMode::Dan)
+                    .map(|pl| format!("{:?}", pl.name))
+                    .collect();
+                let ks = cfg
+                    .source
+                    .as_deref()
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_else(|| crate::policy::config::DEFAULT_PATH.into());
                 fail(
-                    "kata.plug",
-                    "runtime-rs has no VFIO DAN device; guest = \"dan\" pools need the Go runtime",
-                    "use the Go runtime for DAN pools, or guest = \"helper\"",
+                    id("plug"),
+                    format!(
+                        "{p} is runtime-rs, which has no VFIO DAN device, and {ks} has guest = \"dan\" for pool(s) {}",
+                        pools.join(", ")
+                    ),
+                    "use guest = \"helper\" for pools used with runtime-rs, or a Go runtime handler for DAN pools",
+                )
+            } else if cold != "root-port" {
+                fail(
+                    id("plug"),
+                    format!("{p}: {at}.cold_plug_vfio = {cold:?}: runtime-rs cold-plugs the sandbox's VF only with \"root-port\""),
+                    cfgfix.clone(),
                 )
             } else if root_ports > 0 {
-                ok("kata.plug", format!("{at}: pcie_root_port = {root_ports}"))
-            } else if cold == "root-port" {
-                warn(
-                    "kata.plug",
-                    format!("{at}: cold_plug_vfio = \"root-port\" and pcie_root_port = 0"),
-                    format!("set pcie_root_port > 0 for hot plug of later containers: {cfgfix}"),
+                ok(
+                    id("plug"),
+                    format!("{at}: cold_plug_vfio = \"root-port\", pcie_root_port = {root_ports}"),
                 )
             } else {
-                fail(
-                    "kata.plug",
-                    format!("{at}: pcie_root_port = 0: runtime-rs cannot plug a VF"),
-                    cfgfix.clone(),
+                warn(
+                    id("plug"),
+                    format!("{at}: cold_plug_vfio = \"root-port\" and pcie_root_port = 0"),
+                    format!("set pcie_root_port > 0 for hot plug of later containers: {cfgfix}"),
                 )
             }
         }
@@ -678,20 +710,20 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
     if helper {
         out.push(match hv_str(&doc, &hv, "guest_hook_path") {
             Some(g) if !g.is_empty() => ok(
-                "kata.guest_hook_path",
+                id("guest_hook_path"),
                 format!("{at}: guest_hook_path = {g:?} (kata-sriov-guest must be in {g}/prestart/ of the guest image)"),
             ),
             _ => fail(
-                "kata.guest_hook_path",
+                id("guest_hook_path"),
                 format!("{at}: guest_hook_path is not set: the guest helper never runs"),
                 cfgfix.clone(),
             ),
         });
-        if flavor == KataFlavor::RuntimeRs && cfg.hook.poststop {
+        if flavor == KataFlavor::RuntimeRs && cfg.hook.shim_poststop() {
             out.push(fail(
-                "kata.host_hooks",
+                id("host_hooks"),
                 "runtime-rs drops the guest hooks when the spec has a host hook, and [hook] poststop = true adds one",
-                "set [hook] poststop = false in the kata-sriov config (the shim's delete and gc release instead)",
+                "set [hook] poststop = false (the default) in the kata-sriov config (the shim's delete and gc release instead)",
             ));
         }
     }
@@ -705,22 +737,109 @@ fn check_kata(cfg: &Config, root: &SysfsRoot, candidates: &[PathBuf]) -> Vec<Che
         let ours = cfg.dan.dir.display().to_string();
         out.push(if kata_dir != ours {
             fail(
-                "kata.dan_conf",
+                id("dan_conf"),
                 format!("Kata reads DAN files from {kata_dir}, kata-sriov writes them to {ours}"),
                 cfgfix.clone(),
             )
         } else if !cfg.dan.dir.is_dir() {
             warn(
-                "kata.dan_conf",
+                id("dan_conf"),
                 format!("{ours} does not exist"),
                 "run `kata-sriov setup` (it creates the directory)",
             )
         } else {
             ok(
-                "kata.dan_conf",
+                id("dan_conf"),
                 format!("{ours} exists and is Kata's dan_conf"),
             )
         });
+    }
+    out
+}
+
+/// Each of our runtime handlers in containerd's config: which Kata runtime
+/// it fronts (from its delegate's path and its `ConfigPath`), and that
+/// runtime's checks of that `ConfigPath`. Ids `handler.<name>` and
+/// `handler.<name>.<check>` (`config`, `plug`, `guest_hook_path`,
+/// `host_hooks`, `dan_conf`).
+fn check_handlers(cfg: &Config, root: &SysfsRoot, env: &CheckEnv) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let Ok(text) = fs::read_to_string(&env.containerd_config) else {
+        return out;
+    };
+    let Ok(handlers) = configure::our_handlers(&text, &env.containerd_config) else {
+        return out;
+    };
+    let ks = cfg
+        .source
+        .as_deref()
+        .map(|s| s.display().to_string())
+        .unwrap_or_else(|| crate::policy::config::DEFAULT_PATH.into());
+    let cd = env.containerd_config.display();
+    for h in handlers {
+        let hid = format!("handler.{}", h.name);
+        let delegate = if h.name == configure::RUNTIME_NAME {
+            which(&cfg.shim.delegate, env.path.as_deref())
+        } else {
+            match cfg.shim.delegates.get(&h.name) {
+                Some(p) => Some(p.clone()),
+                None => {
+                    out.push(fail(
+                        hid,
+                        format!("{cd} has runtime handler {}, but {ks} has no [shim.delegates] {} for it", h.name, h.name),
+                        format!("run `kata-sriov configure containerd --file {cd}`"),
+                    ));
+                    continue;
+                }
+            }
+        };
+        let Some(delegate) = delegate else {
+            // shim.delegate reports the missing default delegate.
+            continue;
+        };
+        if which(&delegate.display().to_string(), None).is_none() {
+            out.push(fail(
+                hid,
+                format!(
+                    "{}: its delegate {} ([shim.delegates] in {ks}) is not an executable file",
+                    h.name,
+                    delegate.display()
+                ),
+                "install that Kata runtime, or run `kata-sriov configure containerd` again",
+            ));
+            continue;
+        }
+        let flavor = configure::handler_flavor(&delegate, h.config_path.as_deref());
+        let fl = match flavor {
+            KataFlavor::Go => "Kata's Go runtime",
+            KataFlavor::RuntimeRs => "Kata's runtime-rs",
+        };
+        let Some(cp) = h.config_path else {
+            out.push(warn(
+                hid,
+                format!("{} runs {fl} ({}) with no options.ConfigPath in {cd}", h.name, delegate.display()),
+                "give the handler the ConfigPath of the Kata handler it fronts (`kata-sriov configure containerd` copies it)",
+            ));
+            continue;
+        };
+        if !cp.is_file() {
+            out.push(fail(
+                hid,
+                format!("{}: ConfigPath {} does not exist", h.name, cp.display()),
+                format!("fix options.ConfigPath of {} in {cd}", h.name),
+            ));
+            continue;
+        }
+        out.push(ok(
+            hid.clone(),
+            format!(
+                "{} runs {fl} ({}, ConfigPath {})",
+                h.name,
+                delegate.display(),
+                cp.display()
+            ),
+        ));
+        out.extend(check_kata_file(cfg, root, &cp, Some(flavor), &hid));
     }
     out
 }

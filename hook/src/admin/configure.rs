@@ -21,7 +21,8 @@
 //!   [`KATA_CONFIG_PATHS`] that exists): in `[hypervisor.qemu]` (or the
 //!   first `[hypervisor.*]` table) `cold_plug_vfio = "root-port"` without
 //!   hot plug for guest-helper pools under the Go runtime,
-//!   `pcie_root_port` >= the VF count under runtime-rs, `guest_hook_path`
+//!   `cold_plug_vfio = "root-port"` and `pcie_root_port` >= the VF count
+//!   under runtime-rs (which has no `hot_plug_vfio`), `guest_hook_path`
 //!   when unset; for `guest = "dan"` pools `hot_plug_vfio = "root-port"`,
 //!   `cold_plug_vfio = "no-port"`, `pcie_root_port` >= the VF count, and
 //!   `[runtime] dan_conf` when kata-sriov's DAN directory is not Kata's
@@ -145,22 +146,41 @@ impl FileChange {
     }
 }
 
+/// A symlink to create: `path` -> `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkChange {
+    pub path: PathBuf,
+    pub target: PathBuf,
+    /// It is already there.
+    pub exists: bool,
+}
+
 /// What `configure` would do.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub files: Vec<FileChange>,
+    /// Symlinks to our shim (a twin runtime handler's binary name).
+    pub links: Vec<LinkChange>,
     /// Things the admin should know (printed, not errors).
     pub notes: Vec<String>,
 }
 
 impl Plan {
     pub fn changed(&self) -> bool {
-        self.files.iter().any(FileChange::changed)
+        self.files.iter().any(FileChange::changed) || self.links.iter().any(|l| !l.exists)
     }
 
-    /// A unified diff of every changed file.
+    /// A unified diff of every changed file, after one line per symlink
+    /// to create (which patch(1) skips).
     pub fn diff(&self) -> String {
         let mut out = String::new();
+        for l in self.links.iter().filter(|l| !l.exists) {
+            out.push_str(&format!(
+                "symlink {} -> {}\n",
+                l.path.display(),
+                l.target.display()
+            ));
+        }
         for f in self.files.iter().filter(|f| f.changed()) {
             let p = f.path.display().to_string();
             let old_name = if let Some(b) = &f.base {
@@ -184,12 +204,36 @@ impl Plan {
     /// file made from a `base` is created). Returns the files written.
     pub fn apply(&self) -> Result<Vec<PathBuf>, ConfigureError> {
         let mut done = Vec::new();
+        for l in self.links.iter().filter(|l| !l.exists) {
+            make_link(l)?;
+            done.push(l.path.clone());
+        }
         for f in self.files.iter().filter(|f| f.changed()) {
             write_with_backup(f)?;
             done.push(f.path.clone());
         }
         Ok(done)
     }
+}
+
+/// Creates the symlink under a temp name, then renames it into place.
+fn make_link(l: &LinkChange) -> Result<(), ConfigureError> {
+    if let Some(parent) = l.path.parent() {
+        fs::create_dir_all(parent).map_err(IoError::at("creating", parent))?;
+    }
+    let name = l.path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = l.path.with_file_name(format!(
+        ".{}.kata-sriov.{}.tmp",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&l.target, &tmp)
+        .and_then(|()| fs::rename(&tmp, &l.path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            ConfigureError::from(IoError::at("creating the symlink", &l.path)(e))
+        })
 }
 
 /// The backup path of `path`.
@@ -266,24 +310,8 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
     let mut plan = Plan::default();
     match target {
         Target::Containerd => {
-            let path = file.unwrap_or(Path::new(CONTAINERD_CONFIG)).to_owned();
-            let old = read_optional(&path)?;
-            let new = containerd_edit(old.as_deref().unwrap_or(""), &path)?;
-            if containerd_cri_disabled(&new) {
-                plan.notes.push(format!(
-                    "{} disables the CRI plugin (disabled_plugins): the runtime entry takes effect only once CRI is enabled",
-                    path.display()
-                ));
-            }
-            plan.notes.push(
-                "restart containerd to load the runtime (systemctl restart containerd)".into(),
-            );
-            plan.files.push(FileChange {
-                path,
-                old,
-                new,
-                base: None,
-            });
+            let path = file.unwrap_or(Path::new(CONTAINERD_CONFIG));
+            return plan_containerd(path, &ContainerdSetup::host(cfg));
         }
         Target::Docker => {
             let path = file.unwrap_or(Path::new(DOCKER_CONFIG)).to_owned();
@@ -326,7 +354,7 @@ pub fn plan(target: Target, file: Option<&Path>, cfg: &Config) -> Result<Plan, C
                     base: None,
                 });
             }
-            if !cfg.hook.poststop {
+            if cfg.hook.poststop == Some(false) {
                 plan.notes.push(
                     "[hook] poststop = false in the kata-sriov config: the poststop hook file still releases VFs under podman"
                         .into(),
@@ -552,6 +580,478 @@ pub fn containerd_edit(text: &str, path: &Path) -> Result<String, ConfigureError
     Ok(doc.to_string())
 }
 
+// ------------------------------------------------- containerd: Kata twins
+
+/// What `configure containerd` needs besides containerd's config: where
+/// our shim is and which kata-sriov config gets `[shim.delegates]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdSetup {
+    /// Our shim binary; the twins' symlinks go beside it.
+    pub shim: PathBuf,
+    /// The kata-sriov config the shim reads.
+    pub kata_sriov_config: PathBuf,
+    /// `$PATH`, to find a Kata shim named only by its runtime type.
+    pub path: Option<std::ffi::OsString>,
+}
+
+/// Finds an executable on `path` (or an absolute path).
+pub fn which(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    let exec = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return exec(&p).then_some(p);
+    }
+    std::env::split_paths(path?)
+        .map(|d| d.join(name))
+        .find(|p| exec(p))
+}
+
+/// Where our shim is installed when it is not on `PATH`.
+pub const SHIM_INSTALL_PATH: &str = "/usr/local/bin/containerd-shim-kata-sriov-v2";
+/// Our shim's file name.
+pub const SHIM_NAME: &str = "containerd-shim-kata-sriov-v2";
+
+impl ContainerdSetup {
+    /// This host: our shim on `$PATH` (else [`SHIM_INSTALL_PATH`]), the
+    /// config `cfg` was read from (else where the shim looks for it).
+    pub fn host(cfg: &Config) -> ContainerdSetup {
+        let path = std::env::var_os("PATH");
+        let shim =
+            which(SHIM_NAME, path.as_deref()).unwrap_or_else(|| PathBuf::from(SHIM_INSTALL_PATH));
+        let kata_sriov_config = cfg.source.clone().unwrap_or_else(|| Config::locate(None).0);
+        ContainerdSetup {
+            shim,
+            kata_sriov_config,
+            path,
+        }
+    }
+}
+
+/// A Kata runtime handler in containerd's config.
+#[derive(Debug, Clone)]
+pub struct KataHandler {
+    /// The CRI runtime handler name (`kata-qemu-runtime-rs`).
+    pub name: String,
+    /// Its shim, absolute (its `runtime_path`, else its runtime type's
+    /// binary found on `PATH`).
+    pub shim: PathBuf,
+    /// `options.ConfigPath`.
+    pub config_path: Option<PathBuf>,
+    /// Which Kata runtime, from the shim path and the ConfigPath's content.
+    pub flavor: KataFlavor,
+    /// Its table, without comments (the twin starts from a copy).
+    pub table: Table,
+    /// The file it is in.
+    pub file: PathBuf,
+}
+
+/// Our twin of Kata handler `name`: `kata-sriov-<name without "kata-">`.
+pub fn twin_name(name: &str) -> String {
+    format!(
+        "{RUNTIME_NAME}-{}",
+        name.strip_prefix("kata-").unwrap_or(name)
+    )
+}
+
+/// containerd's binary for a runtime type: `io.containerd.<x>.<v>` runs
+/// `containerd-shim-<x>-<v>`.
+fn shim_binary_name(runtime_type: &str) -> Option<String> {
+    let parts: Vec<&str> = runtime_type.split('.').collect();
+    match parts.as_slice() {
+        [.., name, version] if parts.len() >= 3 && !name.is_empty() => {
+            Some(format!("containerd-shim-{name}-{version}"))
+        }
+        _ => None,
+    }
+}
+
+/// Which Kata runtime a handler runs: runtime-rs when its shim lives under
+/// a `runtime-rs` directory (kata-deploy's `/opt/kata/runtime-rs/bin`) or
+/// its configuration has `[runtime] name`; else the Go runtime.
+pub fn handler_flavor(shim: &Path, config_path: Option<&Path>) -> KataFlavor {
+    let by_path = shim.components().any(|c| c.as_os_str() == "runtime-rs");
+    let by_config = config_path
+        .and_then(|p| fs::read_to_string(p).ok())
+        .and_then(|t| t.parse::<DocumentMut>().ok())
+        .map(|d| kata_flavor(&d));
+    if by_path || by_config == Some(KataFlavor::RuntimeRs) {
+        KataFlavor::RuntimeRs
+    } else {
+        KataFlavor::Go
+    }
+}
+
+/// The CRI runtimes table of a containerd config, if any.
+fn cri_runtimes<'a>(doc: &'a DocumentMut, plugin: &str) -> Option<&'a dyn TableLike> {
+    doc.get("plugins")?
+        .get(plugin)?
+        .get("containerd")?
+        .get("runtimes")?
+        .as_table_like()
+}
+
+/// Kata's handlers in containerd config text (every runtime whose shim is
+/// `containerd-shim-kata*`, ours excepted), and notes on those that cannot
+/// be fronted (shim not found).
+pub fn kata_handlers(
+    text: &str,
+    path: &Path,
+    path_var: Option<&std::ffi::OsStr>,
+) -> Result<(Vec<KataHandler>, Vec<String>), ConfigureError> {
+    let doc = parse_toml(text, path)?;
+    let version = containerd_version(&doc, path)?;
+    let mut found = Vec::new();
+    let mut notes = Vec::new();
+    let Some(plugin) = containerd_cri_plugin(version) else {
+        return Ok((found, notes));
+    };
+    let Some(runtimes) = cri_runtimes(&doc, plugin) else {
+        return Ok((found, notes));
+    };
+    for (name, rt) in runtimes.iter() {
+        let Some(rt) = rt.as_table_like() else {
+            continue;
+        };
+        let runtime_type = get_str(rt, "runtime_type").unwrap_or("");
+        let runtime_path = get_str(rt, "runtime_path").filter(|p| !p.is_empty());
+        let binary = match runtime_path {
+            Some(p) => Path::new(p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            None => shim_binary_name(runtime_type),
+        };
+        let Some(binary) = binary else { continue };
+        let ours = name == RUNTIME_NAME
+            || name.starts_with(&format!("{RUNTIME_NAME}-"))
+            || binary.starts_with("containerd-shim-kata-sriov");
+        if ours || !binary.starts_with("containerd-shim-kata") {
+            continue;
+        }
+        let shim = match runtime_path {
+            Some(p) if Path::new(p).is_absolute() => Some(PathBuf::from(p)),
+            Some(_) => None,
+            None => which(&binary, path_var),
+        };
+        let Some(shim) = shim else {
+            notes.push(format!(
+                "runtime {name}: its shim {binary} is neither an absolute runtime_path nor on PATH; no kata-sriov twin for it"
+            ));
+            continue;
+        };
+        let config_path = rt
+            .get("options")
+            .and_then(|o| o.get("ConfigPath"))
+            .and_then(Item::as_str)
+            .map(PathBuf::from);
+        let flavor = handler_flavor(&shim, config_path.as_deref());
+        found.push(KataHandler {
+            name: name.to_owned(),
+            shim,
+            config_path,
+            flavor,
+            table: fresh_copy(rt),
+            file: path.to_owned(),
+        });
+    }
+    Ok((found, notes))
+}
+
+/// One of our runtime handlers in containerd's config (`kata-sriov` or a
+/// twin `kata-sriov-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurHandler {
+    pub name: String,
+    /// `options.ConfigPath`: the Kata configuration its delegate reads.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Our runtime handlers in containerd config text.
+pub fn our_handlers(text: &str, path: &Path) -> Result<Vec<OurHandler>, ConfigureError> {
+    let doc = parse_toml(text, path)?;
+    let version = containerd_version(&doc, path)?;
+    let Some(runtimes) = containerd_cri_plugin(version).and_then(|p| cri_runtimes(&doc, p)) else {
+        return Ok(Vec::new());
+    };
+    Ok(runtimes
+        .iter()
+        .filter(|(name, _)| *name == RUNTIME_NAME || name.starts_with(&format!("{RUNTIME_NAME}-")))
+        .map(|(name, rt)| OurHandler {
+            name: name.to_owned(),
+            config_path: rt
+                .get("options")
+                .and_then(|o| o.get("ConfigPath"))
+                .and_then(Item::as_str)
+                .map(PathBuf::from),
+        })
+        .collect())
+}
+
+/// A copy of a runtime table without its comments and layout.
+fn fresh_copy(t: &dyn TableLike) -> Table {
+    let mut out = Table::new();
+    for (k, item) in t.iter() {
+        match item {
+            Item::Value(v) => {
+                let mut v = v.clone();
+                v.decor_mut().clear();
+                out.insert(k, Item::Value(v));
+            }
+            Item::Table(sub) => {
+                out.insert(k, Item::Table(fresh_copy(sub)));
+            }
+            Item::ArrayOfTables(a) => {
+                out.insert(k, Item::ArrayOfTables(a.clone()));
+            }
+            Item::None => {}
+        }
+    }
+    out
+}
+
+/// The twin's binary: a symlink to our shim beside it.
+fn twin_binary(setup: &ContainerdSetup, twin: &str) -> PathBuf {
+    setup
+        .shim
+        .with_file_name(format!("containerd-shim-{twin}-v2"))
+}
+
+/// Adds to containerd config text a twin of each Kata handler in front of
+/// it: the handler's table (snapshotter, options...), then
+/// `runtime_type = "io.containerd.<twin>.v2"`, `runtime_path` our shim's
+/// symlink for the twin, the handler's `ConfigPath`, our annotations.
+fn containerd_twins(
+    text: &str,
+    path: &Path,
+    handlers: &[KataHandler],
+    setup: &ContainerdSetup,
+) -> Result<String, ConfigureError> {
+    if handlers.is_empty() {
+        return Ok(text.to_owned());
+    }
+    let mut doc = parse_toml(text, path)?;
+    let version = containerd_version(&doc, path)?;
+    let plugin = containerd_cri_plugin(version).ok_or_else(|| ConfigureError::Unsupported {
+        path: path.to_owned(),
+        message: format!("containerd config version {version} is not supported (2 or 3)"),
+    })?;
+    let mut at = String::from("plugins");
+    let mut t = child(doc.as_table_mut(), "plugins", path, "")?;
+    for key in [plugin, "containerd", "runtimes"] {
+        t = child(t, key, path, &at)?;
+        at = format!("{at}.{key}");
+    }
+    for h in handlers {
+        let twin = twin_name(&h.name);
+        if t.get(&twin).is_none() {
+            t.insert(&twin, Item::Table(h.table.clone()));
+        }
+        let rt = child(t, &twin, path, &at)?;
+        set_value(rt, "runtime_type", format!("io.containerd.{twin}.v2"));
+        let bin = twin_binary(setup, &twin);
+        set_value(rt, "runtime_path", bin.display().to_string());
+        if rt.get("privileged_without_host_devices").is_none() {
+            rt.insert("privileged_without_host_devices", toml_edit::value(true));
+        }
+        add_to_array(rt, "pod_annotations", ANNOTATIONS, path)?;
+        add_to_array(rt, "container_annotations", ANNOTATIONS, path)?;
+        if let Some(c) = &h.config_path {
+            let opts = child(rt, "options", path, &format!("{at}.{twin}"))?;
+            set_value(opts, "ConfigPath", c.display().to_string());
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Adds `[shim.delegates] <twin> = "<Kata shim>"` to kata-sriov config text.
+fn delegates_edit(
+    text: &str,
+    path: &Path,
+    handlers: &[KataHandler],
+) -> Result<String, ConfigureError> {
+    let mut doc = parse_toml(text, path)?;
+    {
+        let shim = child(doc.as_table_mut(), "shim", path, "")?;
+        let delegates = child(shim, "delegates", path, "shim")?;
+        for h in handlers {
+            set_value(delegates, &twin_name(&h.name), h.shim.display().to_string());
+        }
+    }
+    let new = doc.to_string();
+    Config::parse(&new, path).map_err(|e| ConfigureError::Unsupported {
+        path: path.to_owned(),
+        message: format!("the edited kata-sriov config does not load: {e}"),
+    })?;
+    Ok(new)
+}
+
+/// The symlink for `twin`, refused when something else is at its path.
+fn twin_link(setup: &ContainerdSetup, twin: &str) -> Result<LinkChange, ConfigureError> {
+    let path = twin_binary(setup, twin);
+    let target = PathBuf::from(setup.shim.file_name().unwrap_or(SHIM_NAME.as_ref()));
+    let exists = match fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(IoError::at("inspecting", &path)(e).into()),
+        Ok(md) => {
+            let same = md.file_type().is_symlink()
+                && (fs::read_link(&path).ok().as_deref() == Some(target.as_path())
+                    || matches!(
+                        (fs::canonicalize(&path), fs::canonicalize(&setup.shim)),
+                        (Ok(a), Ok(b)) if a == b
+                    ));
+            if !same {
+                return Err(ConfigureError::Unsupported {
+                    path,
+                    message: format!(
+                        "exists and is not a symlink to {}; remove it, or move it away, and run this again",
+                        setup.shim.display()
+                    ),
+                });
+            }
+            true
+        }
+    };
+    Ok(LinkChange {
+        path,
+        target,
+        exists,
+    })
+}
+
+/// The files containerd config text imports (`imports`, relative to the
+/// file's directory, `*` patterns in the last component matched here).
+fn imported_files(text: &str, path: &Path) -> Result<Vec<PathBuf>, ConfigureError> {
+    let doc = parse_toml(text, path)?;
+    let Some(list) = doc.get("imports").and_then(Item::as_array) else {
+        return Ok(Vec::new());
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut out = Vec::new();
+    for entry in list.iter().filter_map(|v| v.as_str()) {
+        let p = dir.join(entry);
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match name.split_once('*') {
+            None => out.push(p),
+            Some((pre, suf)) => {
+                let parent = p.parent().unwrap_or(dir);
+                let mut matched: Vec<PathBuf> = fs::read_dir(parent)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|c| {
+                        c.file_name().is_some_and(|n| {
+                            let n = n.to_string_lossy();
+                            n.len() >= pre.len() + suf.len()
+                                && n.starts_with(pre)
+                                && n.ends_with(suf)
+                        })
+                    })
+                    .collect();
+                matched.sort();
+                out.extend(matched);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Plans `configure containerd`: the `kata-sriov` runtime, and for each
+/// Kata handler found a twin (see [`containerd_twins`]), its delegate in
+/// the kata-sriov config and its symlink beside our shim. Everything is
+/// checked before anything is written.
+pub fn plan_containerd(path: &Path, setup: &ContainerdSetup) -> Result<Plan, ConfigureError> {
+    let mut plan = Plan::default();
+    let old = read_optional(path)?;
+    let text = old.as_deref().unwrap_or("");
+    let with_runtime = containerd_edit(text, path)?;
+    let (mut handlers, notes) = kata_handlers(text, path, setup.path.as_deref())?;
+    plan.notes.extend(notes);
+    // kata-deploy on containerd 2.x writes its handlers into a drop-in
+    // that this file imports; containerd 2.x merges imported plugin tables
+    // into this file's, so the twins can live here. containerd 1.x lets an
+    // imported CRI section replace this file's: there they are only named.
+    let version = containerd_version(&parse_toml(text, path)?, path)?;
+    for file in imported_files(text, path)? {
+        let Some(t) = read_optional(&file)? else {
+            continue;
+        };
+        let (found, notes) = kata_handlers(&t, &file, setup.path.as_deref())?;
+        plan.notes.extend(notes);
+        for h in found {
+            if handlers.iter().any(|k| k.name == h.name) {
+                continue;
+            }
+            if version >= 3 {
+                handlers.push(h);
+            } else {
+                plan.notes.push(format!(
+                    "runtime {} is in the imported {}: containerd 1.x lets an imported CRI section replace {}'s, so put its kata-sriov twin there (kata-sriov configure containerd --file {})",
+                    h.name,
+                    file.display(),
+                    path.display(),
+                    file.display()
+                ));
+            }
+        }
+    }
+    let new = containerd_twins(&with_runtime, path, &handlers, setup)?;
+    if containerd_cri_disabled(&new) {
+        plan.notes.push(format!(
+            "{} disables the CRI plugin (disabled_plugins): the runtime entry takes effect only once CRI is enabled",
+            path.display()
+        ));
+    }
+    plan.files.push(FileChange {
+        path: path.to_owned(),
+        old,
+        new,
+        base: None,
+    });
+    if !handlers.is_empty() {
+        let ks = &setup.kata_sriov_config;
+        let ks_old = read_optional(ks)?;
+        let ks_new = delegates_edit(ks_old.as_deref().unwrap_or(""), ks, &handlers)?;
+        plan.files.push(FileChange {
+            path: ks.clone(),
+            old: ks_old,
+            new: ks_new,
+            base: None,
+        });
+        for h in &handlers {
+            let twin = twin_name(&h.name);
+            plan.links.push(twin_link(setup, &twin)?);
+            let flavor = match h.flavor {
+                KataFlavor::Go => "Go runtime",
+                KataFlavor::RuntimeRs => "runtime-rs",
+            };
+            let conf = h
+                .config_path
+                .as_ref()
+                .map(|c| format!(", ConfigPath {}", c.display()))
+                .unwrap_or_default();
+            plan.notes.push(format!(
+                "runtime handler {twin} (use it as a RuntimeClass's handler): kata-sriov in front of {} ({flavor}, {}{conf})",
+                h.name,
+                h.shim.display()
+            ));
+        }
+        if !setup.shim.is_file() {
+            plan.notes.push(format!(
+                "{} is not installed yet: the twins' symlinks point at it",
+                setup.shim.display()
+            ));
+        }
+    }
+    plan.notes
+        .push("restart containerd to load the runtime (systemctl restart containerd)".into());
+    Ok(plan)
+}
+
 /// Whether a containerd config disables the CRI plugin (Docker's
 /// containerd.io package ships `disabled_plugins = ["cri"]`): then only
 /// `ctr run --runtime io.containerd.kata-sriov.v2` uses the runtime, never
@@ -683,6 +1183,8 @@ pub struct KataWant {
     pub vf_count: u32,
     /// kata-sriov's DAN directory.
     pub dan_dir: PathBuf,
+    /// The shim adds a host hook (`[hook] poststop = true`).
+    pub host_hook: bool,
 }
 
 impl KataWant {
@@ -703,6 +1205,7 @@ impl KataWant {
             dan,
             vf_count: vf_count.max(1),
             dan_dir: cfg.dan.dir.clone(),
+            host_hook: cfg.hook.shim_poststop(),
         }
     }
 }
@@ -772,6 +1275,9 @@ pub fn kata_edit(
                 }
             }
             (KataFlavor::RuntimeRs, _) => {
+                // The sandbox's /dev/vfio nodes are cold-plugged at boot
+                // (sandbox.rs prepare_coldplug_raw_vfio_devices).
+                set_value(hv, "cold_plug_vfio", "root-port");
                 if want.dan {
                     notes.push(
                         "runtime-rs has no VFIO DAN device: guest = \"dan\" pools need the Go runtime"
@@ -801,9 +1307,9 @@ pub fn kata_edit(
             set_value(rt, "dan_conf", dir.as_str());
         }
     }
-    if flavor == KataFlavor::RuntimeRs && want.helper {
+    if flavor == KataFlavor::RuntimeRs && want.helper && want.host_hook {
         notes.push(
-            "runtime-rs drops guest hooks when the spec has a host hook: set [hook] poststop = false in the kata-sriov config"
+            "runtime-rs drops guest hooks when the spec has a host hook: set [hook] poststop = false (the default) in the kata-sriov config"
                 .into(),
         );
     }

@@ -44,12 +44,14 @@ pub enum FlowError {
 }
 
 /// The spec edit for claimed VFs; `vfio` is the host's `/dev/vfio/vfio`,
-/// resolved before the claim when the plan has VFIO nodes.
+/// resolved before the claim when the plan has VFIO nodes; `poststop`:
+/// whether to add the releasing poststop hook.
 pub fn spec_edit(
     cfg: &Config,
     owner: &str,
     claimed: &[ClaimedVf],
     vfio: Option<DevNode>,
+    poststop: bool,
 ) -> Result<SpecEdit, FlowError> {
     let mut devices = Vec::new();
     for c in claimed {
@@ -79,7 +81,7 @@ pub fn spec_edit(
         .filter(|c| c.guest == GuestMode::Helper && c.mode == Mode::Vfio)
         .map(ClaimedVf::guest_network)
         .collect();
-    let poststop = cfg.hook.poststop.then(|| {
+    let poststop = poststop.then(|| {
         let mut h = hooks::default_poststop(&cfg.hook.binary, cfg.source.as_deref());
         h.timeout = Some(cfg.hook.timeout);
         h
@@ -92,16 +94,30 @@ pub fn spec_edit(
     })
 }
 
-/// Claims what `plan` asks for under `owner` and edits `spec` to match.
-/// Ok(None): nothing asked, spec untouched. Everything that can fail
-/// without a claim (the spec's shape, the VFIO container node) is checked
-/// first; a failure after the claim releases it again.
+/// Claims what `plan` asks for under `owner` and edits `spec` to match,
+/// for `hook precreate` (hooks.d: the poststop hook is added unless
+/// `[hook] poststop = false`). Ok(None): nothing asked, spec untouched.
+/// Everything that can fail without a claim (the spec's shape, the VFIO
+/// container node) is checked first; a failure after the claim releases
+/// it again.
 pub fn claim_into_spec(
     engine: &Engine<'_>,
     spec: &mut Value,
     plan: &ContainerPlan,
     owner: &str,
     check: OwnerCheck,
+) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
+    let poststop = engine.cfg.hook.precreate_poststop();
+    claim_edit(engine, spec, plan, owner, check, poststop)
+}
+
+fn claim_edit(
+    engine: &Engine<'_>,
+    spec: &mut Value,
+    plan: &ContainerPlan,
+    owner: &str,
+    check: OwnerCheck,
+    poststop: bool,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
     if !plan.asks() {
         return Ok(None);
@@ -112,7 +128,7 @@ pub fn claim_into_spec(
         false => None,
     };
     let claimed = engine.claim_checked(owner, &plan.requests, check, plan.dan_file.as_deref())?;
-    let edited = spec_edit(engine.cfg, owner, &claimed, vfio).and_then(|edit| {
+    let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop).and_then(|edit| {
         let mut copy = spec.clone();
         spec::apply(&mut copy, &edit)?;
         Ok(copy)
@@ -129,10 +145,13 @@ pub fn claim_into_spec(
     }
 }
 
-/// The shim's `start`: [`claim_into_spec`], plus, for `guest = "dan"`
-/// pools, Kata's DAN file for the sandbox (named by the plan, recorded in
-/// the leases by the claim itself). A foreign DAN file is refused before
-/// anything is claimed; a failure after the claim releases it.
+/// The shim's `start`: [`claim_into_spec`] without a host hook unless
+/// `[hook] poststop = true` (the shim's `delete` releases when the
+/// delegate exits; under Kata's runtime-rs any host hook switches off the
+/// guest hooks), plus, for `guest = "dan"` pools, Kata's DAN file for the
+/// sandbox (named by the plan, recorded in the leases by the claim
+/// itself). A foreign DAN file is refused before anything is claimed; a
+/// failure after the claim releases it.
 pub fn claim_for_shim(
     engine: &Engine<'_>,
     spec: &mut Value,
@@ -150,7 +169,8 @@ pub fn claim_for_shim(
         }
         None => false,
     };
-    let claimed = claim_into_spec(engine, spec, plan, owner, check)?;
+    let poststop = engine.cfg.hook.shim_poststop();
+    let claimed = claim_edit(engine, spec, plan, owner, check, poststop)?;
     let (Some(p), Some(vfs)) = (&plan.dan_file, claimed.as_ref()) else {
         return Ok(claimed);
     };

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::claim::ClaimedVf;
+use crate::error::IoError;
 use crate::guestnet::GUEST_ANNOTATION;
 use crate::kernel::vfio::DevNode;
 use crate::oci::spec::VFIO_CONTAINER;
@@ -56,27 +57,13 @@ pub enum CdiError {
     DuplicateDevice { name: String },
     #[error("{vf}: a VFIO VF without a /dev/vfio node cannot be described in a CDI spec")]
     NoDeviceNode { vf: PciAddress },
-    #[error("CDI spec {path}: {source}")]
+    #[error("CDI spec {path}")]
     Json {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-impl From<atomic::AtomicError> for CdiError {
-    fn from(e: atomic::AtomicError) -> Self {
-        CdiError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        }
-    }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// A CDI spec file.
@@ -282,10 +269,12 @@ pub fn write(dir: &Path, stem: &str, spec: &Spec) -> Result<PathBuf, CdiError> {
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(|source| CdiError::Io {
-            op: "creating CDI directory",
-            path: dir.to_owned(),
-            source,
+        .map_err(|source| {
+            CdiError::Io(IoError::new(
+                "creating CDI directory",
+                dir.to_owned(),
+                source,
+            ))
         })?;
     let mut data = serde_json::to_vec_pretty(spec).map_err(|source| CdiError::Json {
         path: path.clone(),
@@ -303,22 +292,12 @@ pub fn read(dir: &Path, stem: &str) -> Result<Option<Spec>, CdiError> {
     let f = match fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(CdiError::Io {
-                op: "opening",
-                path,
-                source,
-            })
-        }
+        Err(source) => return Err(CdiError::Io(IoError::new("opening", path, source))),
     };
     let mut text = String::new();
     f.take(MAX_SPEC_BYTES)
         .read_to_string(&mut text)
-        .map_err(|source| CdiError::Io {
-            op: "reading",
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(|source| CdiError::Io(IoError::new("reading", path.clone(), source)))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| CdiError::Json { path, source })
@@ -333,11 +312,11 @@ pub fn remove(dir: &Path, stem: &str) -> Result<bool, CdiError> {
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(CdiError::Io {
-            op: "deleting CDI spec",
+        Err(source) => Err(CdiError::Io(IoError::new(
+            "deleting CDI spec",
             path,
             source,
-        }),
+        ))),
     }
 }
 
@@ -348,11 +327,11 @@ pub fn list(dir: &Path, prefix: &str) -> Result<Vec<String>, CdiError> {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
-            return Err(CdiError::Io {
-                op: "listing CDI directory",
-                path: dir.to_owned(),
+            return Err(CdiError::Io(IoError::new(
+                "listing CDI directory",
+                dir.to_owned(),
                 source,
-            })
+            )))
         }
     };
     let mut out: Vec<String> = rd

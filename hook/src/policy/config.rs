@@ -6,6 +6,8 @@
 //! state_dir = "/run/kata-sriov"
 //! [shim]
 //! delegate = "containerd-shim-kata-v2"
+//! [shim.delegates]
+//! kata-sriov-qemu-runtime-rs = "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2"
 //! [defaults]
 //! networks = []
 //! [[pools]]
@@ -15,7 +17,7 @@
 //! mac = "generate"
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -202,9 +204,18 @@ impl Pool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShimConfig {
-    /// The shim every call is handed to.
+    /// The shim every call is handed to (a bare name is looked up on
+    /// `PATH`), unless the runtime handler has its own in `delegates`.
     #[serde(default = "default_delegate")]
     pub delegate: String,
+    /// The delegate of each kata-sriov runtime handler, by absolute path:
+    /// the shim invoked as `containerd-shim-<handler>-v2` (containerd runs
+    /// that binary for `io.containerd.<handler>.v2`, or the handler's
+    /// `runtime_path`) hands over to `delegates[<handler>]`. One node can
+    /// so front Kata's Go runtime and runtime-rs, whose shims have the same
+    /// file name, side by side.
+    #[serde(default)]
+    pub delegates: BTreeMap<String, PathBuf>,
 }
 
 fn default_delegate() -> String {
@@ -215,6 +226,7 @@ impl Default for ShimConfig {
     fn default() -> Self {
         ShimConfig {
             delegate: default_delegate(),
+            delegates: BTreeMap::new(),
         }
     }
 }
@@ -233,11 +245,13 @@ pub struct Defaults {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookConfig {
-    /// Add a poststop hook that releases the VF to the spec. Turn off under
-    /// Kata's runtime-rs, whose agent drops the guest hooks when the spec
-    /// has any host hook; the shim's `delete` and `gc` release instead.
-    #[serde(default = "yes")]
-    pub poststop: bool,
+    /// Add a poststop hook that releases the VF to the spec. Unset: the
+    /// shim adds none (its `delete` releases when the delegate exits, and
+    /// under Kata's runtime-rs any host hook in the spec switches off the
+    /// guest hooks), `hook precreate` (podman's hooks.d, where no shim
+    /// runs) adds one. `true` or `false` applies to both.
+    #[serde(default)]
+    pub poststop: Option<bool>,
     /// The `kata-sriov` binary the poststop hook runs.
     #[serde(default = "default_binary")]
     pub binary: PathBuf,
@@ -250,9 +264,6 @@ pub struct HookConfig {
     pub release_wait: u32,
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_binary() -> PathBuf {
     PathBuf::from("/usr/local/bin/kata-sriov")
 }
@@ -263,10 +274,22 @@ fn default_release_wait() -> u32 {
     30
 }
 
+impl HookConfig {
+    /// Whether the shim's `start` adds the poststop hook (default no).
+    pub fn shim_poststop(&self) -> bool {
+        self.poststop.unwrap_or(false)
+    }
+
+    /// Whether `hook precreate` adds the poststop hook (default yes).
+    pub fn precreate_poststop(&self) -> bool {
+        self.poststop.unwrap_or(true)
+    }
+}
+
 impl Default for HookConfig {
     fn default() -> Self {
         HookConfig {
-            poststop: true,
+            poststop: None,
             binary: default_binary(),
             timeout: default_timeout(),
             release_wait: default_release_wait(),
@@ -438,6 +461,24 @@ impl Config {
                 return Err(format!("{k} {}: must be an absolute path", p.display()));
             }
         }
+        for (handler, path) in &self.shim.delegates {
+            let ok_name = !handler.is_empty()
+                && !handler.starts_with(['-', '.'])
+                && handler
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+            if !ok_name {
+                return Err(format!(
+                    "shim.delegates.{handler:?}: a runtime handler name has only letters, digits, '-' and '_'"
+                ));
+            }
+            if !path.is_absolute() {
+                return Err(format!(
+                    "shim.delegates.{handler}: {} must be an absolute path",
+                    path.display()
+                ));
+            }
+        }
         if !self.hook.binary.is_absolute() {
             return Err(format!(
                 "hook.binary {}: must be an absolute path",
@@ -472,6 +513,8 @@ mod tests {
 state_dir = "/run/ks"
 [shim]
 delegate = "containerd-shim-runc-v2"
+[shim.delegates]
+kata-sriov-qemu-runtime-rs = "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2"
 [defaults]
 networks = ["fast"]
 [hook]
@@ -498,7 +541,12 @@ mac = "keep"
         .unwrap();
         assert_eq!(c.state_dir, Path::new("/run/ks"));
         assert_eq!(c.sysfs_root, Path::new("/sys"));
-        assert!(!c.hook.poststop);
+        assert_eq!(
+            c.shim.delegates["kata-sriov-qemu-runtime-rs"],
+            Path::new("/opt/kata/runtime-rs/bin/containerd-shim-kata-v2")
+        );
+        assert_eq!(c.hook.poststop, Some(false));
+        assert!(!c.hook.precreate_poststop());
         let fast = c.pool("fast").unwrap();
         assert_eq!(fast.vf_settings().len(), 5);
         assert!(fast.uses_netlink());
@@ -513,7 +561,12 @@ mac = "keep"
         let c = parse("").unwrap();
         assert_eq!(c.state_dir, Path::new("/run/kata-sriov"));
         assert_eq!(c.shim.delegate, "containerd-shim-kata-v2");
-        assert!(c.pools.is_empty() && c.hook.poststop);
+        assert!(c.pools.is_empty() && c.shim.delegates.is_empty());
+        // No host hook from the shim by default; hooks.d keeps its poststop.
+        assert_eq!(c.hook.poststop, None);
+        assert!(!c.hook.shim_poststop() && c.hook.precreate_poststop());
+        let on = parse("[hook]\npoststop = true").unwrap();
+        assert!(on.hook.shim_poststop() && on.hook.precreate_poststop());
     }
 
     #[test]
@@ -550,6 +603,11 @@ mac = "keep"
                 "dan",
             ),
             ("state_dir = \"run\"", "absolute"),
+            (
+                "[shim.delegates]\nkata-sriov-qemu = \"containerd-shim-kata-v2\"",
+                "shim.delegates.kata-sriov-qemu: containerd-shim-kata-v2 must be an absolute path",
+            ),
+            ("[shim.delegates]\n\"a/b\" = \"/x\"", "runtime handler name"),
         ];
         for (text, needle) in cases {
             let e = parse(text).unwrap_err().to_string();

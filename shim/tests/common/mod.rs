@@ -112,6 +112,46 @@ mac = "keep"
         fs::write(&self.config, text).unwrap();
     }
 
+    /// Adds `[shim.delegates]` entries: runtime handler -> delegate path.
+    pub fn set_delegates(&self, delegates: &[(&str, &Path)]) {
+        let mut table = String::from("[shim.delegates]\n");
+        for (h, p) in delegates {
+            table.push_str(&format!("{h} = \"{}\"\n", p.display()));
+        }
+        let text = fs::read_to_string(&self.config).unwrap();
+        let text = text.replace("[hook]\n", &format!("{table}[hook]\n"));
+        fs::write(&self.config, text).unwrap();
+    }
+
+    /// The lease files in the state directory, read directly (no process).
+    pub fn lease_files(&self) -> usize {
+        fs::read_dir(self.state.join("leases"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The address of the PF's VF `n` in the fake tree.
+    pub fn vf_addr(&self, n: u32) -> String {
+        let l = fs::read_link(self.sys.join(format!("bus/pci/devices/{PF}/virtfn{n}"))).unwrap();
+        l.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    /// A VF's driver and `driver_override` in the fake tree.
+    pub fn vf_binding(&self, vf: &str) -> (Option<String>, String) {
+        let d = self.sys.join(format!("bus/pci/devices/{vf}"));
+        let drv = fs::read_link(d.join("driver"))
+            .ok()
+            .and_then(|l| Some(l.file_name()?.to_string_lossy().into_owned()));
+        (
+            drv,
+            fs::read_to_string(d.join("driver_override")).unwrap_or_default(),
+        )
+    }
+
     /// Makes the pool a `guest = "dan"` pool writing DAN files to `dir`.
     pub fn set_dan(&self, dir: &Path) {
         let mut text = fs::read_to_string(&self.config).unwrap();

@@ -4,8 +4,11 @@
 # containerd-shim-kata-sriov-v2 first on its PATH, runc's shim as the delegate.
 #  1. A container asking for a vfio pool (VLAN 100, generated MAC) sees
 #     /dev/vfio/N with the real node's numbers; while it runs the PF reports
-#     the VF's MAC and VLAN and the VF is on vfio-pci; after `ctr run --rm`
-#     ends the VF is back on igbvf and the PF's `vf N` line is as before.
+#     the VF's MAC and VLAN and the VF is on vfio-pci; the delegate's
+#     config.json has no host hook (the default: under Kata's runtime-rs any
+#     host hook switches off the guest hooks); after `ctr run --rm` ends the
+#     shim's delete has put the VF back on igbvf and the PF's `vf N` line is
+#     as before.
 #  2. A guest = "dan" pool: for a CRI sandbox, Kata's DAN file
 #     <dir>/<sandbox-id>.json exists while it runs, names a VF on vfio-pci and
 #     the MAC the PF has for it; after removal the file and the lease are gone.
@@ -32,7 +35,7 @@ mkdir -p "$W/bin" "$DANS" "$W/x"
 pf_if=$(pci_netdev "$PF")
 ip link set "$pf_if" up
 
-step "the kata-sriov config: a vfio pool and a dan pool on $PF, runc's shim as delegate"
+step "the kata-sriov config: a vfio pool and a dan pool on $PF, runc's shim as delegate, defaults otherwise (no host hook)"
 export KATA_SRIOV_CONFIG=$W/config.toml
 cat >"$KATA_SRIOV_CONFIG" <<EOF
 state_dir = "$STATE"
@@ -162,8 +165,12 @@ check_match "PF's vf $idx spoof checking on, trust off" 'spoof checking on.*trus
 st=$("$KS" status)
 check_match "kata-sriov status shows the lease of $owner" "leased to $owner" "$st"
 [ -z "$lease_mac" ] || check_match "the MAC kata-sriov recorded is the PF's" "link/ether $lease_mac" "$line"
+spec=$W/state/io.containerd.runtime.v2.task/$NS/c1/config.json
+check "the delegate's config.json is there" test -f "$spec"
+check "the delegate's config.json has no host hook (the shim adds none by default)" \
+  bash -c "! grep -Eq '\"(prestart|createRuntime|createContainer|startContainer|poststart|poststop)\"' '$spec'"
 
-step "the container exits; ctr run --rm removes it (poststop hook / shim delete release the VF)"
+step "the container exits; ctr run --rm removes it (the shim's delete releases the VF when the delegate exits)"
 t=$(now_ms)
 touch "$W/x/c1.go"
 wait "$CPID"; rc=$?
@@ -178,7 +185,7 @@ info "vf $idx after: $after"
 check_eq "PF's vf $idx line equals the line before the claim" "${before[$idx]}" "$after"
 check_eq "no lease left" 0 "$(leases)"
 check "/dev/vfio/$group gone" wait_for 5 test ! -e "/dev/vfio/$group"
-# Who released it (poststop hook and/or the shim's delete; release is idempotent).
+check "the shim's delete released it" wait_for 5 grep -q 'delete: released' "$STATE/kata-sriov.log"
 grep -i 'releas' "$STATE/kata-sriov.log" 2>/dev/null | tail -n 4 | cut -c1-200 | sed 's/^/  log: /'
 
 step "a failed claim: an unknown pool is refused at start, nothing claimed"
