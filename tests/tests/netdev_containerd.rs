@@ -77,7 +77,7 @@ fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {
     assert!(host.host_has(&vf_name), "hook log: {hook_log}");
     assert!(!quiet_ok(
         "ip",
-        &["-n", &ns.0, "link", "show", "dev", "sriov0"]
+        &["-n", &ns.name, "link", "show", "dev", "sriov0"]
     ));
     assert_eq!(host.leases(), 0, "hook log: {hook_log}");
 }

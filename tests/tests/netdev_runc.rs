@@ -130,7 +130,7 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     assert!(!host.host_has(&vf_name), "the VF netdev left the host");
     assert!(quiet_ok(
         "ip",
-        &["-n", &ns.0, "link", "show", "dev", "net1"]
+        &["-n", &ns.name, "link", "show", "dev", "net1"]
     ));
     assert_eq!(host.leases(), 1);
     let o = r.cmd(&["start", &r.id]);
@@ -173,7 +173,7 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     assert_eq!(host.mac(&vf_name), mac);
     assert!(!quiet_ok(
         "ip",
-        &["-n", &ns.0, "link", "show", "dev", "net1"]
+        &["-n", &ns.name, "link", "show", "dev", "net1"]
     ));
     assert_eq!(host.leases(), 0, "log: {}", log_text());
     eprintln!("runc delete (poststop: move back + release) took {delete_ms} ms");

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 use kata_sriov::pci::PciAddress;
 use kata_sriov::testing::{add_vf_veths, del_vf_veths, lease_files, FakeSysfs};
+/// A network namespace made with `ip netns add`, deleted on drop.
+pub use kata_sriov_guest::testing::Netns;
 use kata_sriov_tests::workspace_bin;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -124,23 +126,6 @@ impl Drop for VethHost {
     }
 }
 
-/// A network namespace made with `ip netns add`, deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn add(name: String) -> Netns {
-        let ns = Netns(name);
-        run("ip", &["netns", "add", &ns.0]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// Points the spec's network namespace at `ns` (joined by path) and gives
 /// it kata-sriov's createRuntime and poststop hooks: `bin`, with `host`'s
 /// config and `log` in their environment.
@@ -150,7 +135,7 @@ pub fn with_netdev_hooks(spec: &mut Value, ns: &Netns, bin: &Path, host: &VethHo
         .unwrap_or_else(|| panic!("no linux.namespaces"))
     {
         if n["type"] == "network" {
-            n["path"] = json!(format!("/run/netns/{}", ns.0));
+            n["path"] = json!(format!("/run/netns/{}", ns.name));
         }
     }
     let env = json!([
