@@ -2,7 +2,9 @@
 //! driver binder that moves the `driver` links of such a tree the way the
 //! kernel would. Used by this crate's tests, by the other crates' tests and
 //! by the benchmarks; production code never constructs these (they only act
-//! on the directory they are given).
+//! on the directory they are given). Also the small pieces the tests of
+//! several crates share: veth pairs standing in for VFs' netdevs, a sample
+//! lease, the count of lease files, a JSON array's strings.
 
 mod links;
 mod netlink;
