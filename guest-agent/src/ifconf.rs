@@ -703,56 +703,40 @@ fn route_of(m: &RouteMessage) -> Option<RouteEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{global_addrs, ip, Netns};
     use serde_json::Value;
     use std::process::{Child, Command, Stdio};
 
-    struct Ns(String);
+    struct Ns(Netns);
 
     impl Ns {
         fn new(tag: &str) -> Ns {
-            let name = format!("ksr-ifc-{tag}-{}", std::process::id());
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            ip(&["netns", "add", &name]);
-            Ns(name)
+            Ns(Netns::add(format!("ksr-ifc-{tag}-{}", std::process::id())))
         }
         fn ip(&self, args: &[&str]) -> String {
-            let mut all = vec!["-n", &self.0];
-            all.extend_from_slice(args);
-            ip(&all)
+            self.0.ip(args)
         }
         fn json(&self, args: &[&str]) -> Value {
-            let mut all = vec!["-j", "-n", &self.0];
-            all.extend_from_slice(args);
-            serde_json::from_str(&ip(&all)).unwrap()
+            self.0.ip_json(args)
         }
         fn conf(&self) -> IfConf {
-            let f = File::open(format!("/run/netns/{}", self.0)).unwrap();
+            let f = File::open(self.0.path()).unwrap();
             IfConf::open_in_netns(f.as_fd()).unwrap()
         }
         fn file(&self) -> File {
-            File::open(format!("/run/netns/{}", self.0)).unwrap()
+            File::open(self.0.path()).unwrap()
         }
         fn veth(&self, name: &str, mac: &str) -> u32 {
-            let peer = format!("{name}p");
-            self.ip(&[
-                "link", "add", name, "address", mac, "type", "veth", "peer", "name", &peer,
-            ]);
-            self.ip(&["link", "set", &peer, "up"]);
+            self.0.veth(name, mac);
             self.json(&["link", "show", "dev", name])[0]["ifindex"]
                 .as_u64()
                 .unwrap() as u32
         }
         fn addrs(&self, dev: &str) -> Vec<String> {
-            self.json(&["addr", "show", "dev", dev])[0]["addr_info"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|a| a["scope"] == "global")
-                .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-                .collect()
+            global_addrs(&self.json(&["addr", "show", "dev", dev])[0])
         }
         fn routes(&self, fam: &str) -> Vec<String> {
-            let mut all = vec!["-j", fam, "-n", &self.0, "route", "show"];
+            let mut all = vec!["-j", fam, "-n", &self.0.name, "route", "show"];
             all.push("proto");
             all.push("static");
             let v: Value = serde_json::from_str(&ip(&all)).unwrap();
@@ -769,22 +753,6 @@ mod tests {
                 })
                 .collect()
         }
-    }
-
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
-
-    fn ip(args: &[&str]) -> String {
-        let out = Command::new("ip").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
     }
 
     fn err_errno(e: &IfconfError) -> Option<i32> {
@@ -1042,12 +1010,12 @@ mod tests {
         // `ip netns exec` execs sleep in place: its pid is in namespace b.
         let sleeper = Sleeper(
             Command::new("ip")
-                .args(["netns", "exec", &b.0, "sleep", "60"])
+                .args(["netns", "exec", &b.0.name, "sleep", "60"])
                 .stdin(Stdio::null())
                 .spawn()
                 .unwrap(),
         );
-        let want = std::fs::metadata(format!("/run/netns/{}", b.0)).unwrap();
+        let want = std::fs::metadata(format!("/run/netns/{}", b.0.name)).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::fs::metadata(format!("/proc/{}/ns/net", sleeper.0.id()))
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))

@@ -20,6 +20,8 @@ mod contract;
 mod error;
 mod ifconf;
 mod rtnl;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod types;
 
 pub use contract::{

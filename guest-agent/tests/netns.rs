@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use kata_sriov_guest::testing::{self, global_addrs};
+
 const BIN: &str = env!("CARGO_BIN_EXE_kata-sriov-guest");
 
 fn run(cmd: &mut Command) -> Output {
@@ -29,40 +31,22 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A network namespace deleted on drop.
-struct Netns {
-    name: String,
+/// A network namespace (deleted on drop) with the helper run inside it.
+struct Netns(testing::Netns);
+
+impl std::ops::Deref for Netns {
+    type Target = testing::Netns;
+    fn deref(&self) -> &testing::Netns {
+        &self.0
+    }
 }
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!("ksg-{tag}-{}", std::process::id());
-        // A leftover of a killed earlier run with the same pid.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(Command::new("ip").args(["netns", "add", &name]));
-        Netns { name }
-    }
-
-    fn ip(&self, args: &[&str]) -> Output {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
-
-    fn ip_json(&self, args: &[&str]) -> Value {
-        let out = run(Command::new("ip")
-            .arg("-j")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// A veth `name` with `mac`, its peer `<name>p` up (so the link has a carrier).
-    fn veth(&self, name: &str, mac: &str) {
-        let peer = format!("{name}p");
-        self.ip(&[
-            "link", "add", name, "address", mac, "type", "veth", "peer", "name", &peer,
-        ]);
-        self.ip(&["link", "set", &peer, "up"]);
+        Netns(testing::Netns::add(format!(
+            "ksg-{tag}-{}",
+            std::process::id()
+        )))
     }
 
     /// The helper inside this namespace, empty environment.
@@ -138,18 +122,6 @@ impl Netns {
             .unwrap()
             .status
             .success()
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
     }
 }
 
@@ -228,16 +200,6 @@ const FULL: &str = r#"[{"mac":"02:5a:00:00:00:01","pci_id":"8086:10ca","name":"n
   "routes":[{"dst":"10.21.0.0/16","via":"10.20.0.1"},{"dst":"fd21::/64","via":"fd20::1"},
             {"dst":"10.22.0.0/16"}],"mtu":1400}]"#;
 
-fn addrs_of(link: &Value) -> Vec<String> {
-    link["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["scope"] == "global")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect()
-}
-
 fn routes_of(ns: &Netns, fam: &str, dev: &str) -> Vec<String> {
     let out =
         run(Command::new("ip").args(["-j", fam, "-n", &ns.name, "route", "show", "dev", dev]));
@@ -263,7 +225,7 @@ fn assert_full_config(ns: &Netns) {
     assert_eq!(l["address"], "02:5a:00:00:00:01");
     assert_eq!(l["mtu"], 1400);
     assert!(l["flags"].as_array().unwrap().contains(&json!("UP")), "{l}");
-    let a = addrs_of(&l);
+    let a = global_addrs(&l);
     assert_eq!(a, vec!["10.20.0.5/24", "fd20::5/64"], "{l}");
     let v4 = routes_of(ns, "-4", "net1");
     for want in [
@@ -293,7 +255,7 @@ fn config_by_mac_then_second_run_changes_nothing() {
     assert_full_config(&ns);
     // The other veth is untouched.
     let other = ns.link("other");
-    assert!(addrs_of(&other).is_empty());
+    assert!(global_addrs(&other).is_empty());
     assert_eq!(other["mtu"], 1500);
 
     let before = ns.snapshot();
@@ -327,7 +289,7 @@ fn hook_moves_nic_into_the_container_namespace() {
     );
     assert!(!vm.has_link("vf0") && !vm.has_link("net1"));
     assert_full_config(&ctr);
-    assert!(addrs_of(&ctr.link("vf0")).is_empty());
+    assert!(global_addrs(&ctr.link("vf0")).is_empty());
 
     let before = (vm.snapshot(), ctr.snapshot());
     let o = vm.helper(&["--no-kmsg", "prestart"], Some(&state));
@@ -472,7 +434,7 @@ fn pci_id_fallback_with_one_candidate() {
         stderr(&o)
     );
     assert_full_config(&ns);
-    assert!(addrs_of(&ns.link("eth2")).is_empty());
+    assert!(global_addrs(&ns.link("eth2")).is_empty());
 }
 
 #[test]
@@ -651,8 +613,8 @@ fn two_vfs_in_one_description() {
     let n2 = ns.link("net2");
     assert_eq!(n1["address"], "02:5a:00:00:00:0a");
     assert_eq!(n2["address"], "02:5a:00:00:00:0b");
-    assert_eq!(addrs_of(&n1), vec!["10.60.0.5/24"]);
-    assert_eq!(addrs_of(&n2), vec!["10.61.0.5/24", "fd61::5/64"]);
+    assert_eq!(global_addrs(&n1), vec!["10.60.0.5/24"]);
+    assert_eq!(global_addrs(&n2), vec!["10.61.0.5/24", "fd61::5/64"]);
     assert_eq!(n2["mtu"], 9000);
     assert!(routes_of(&ns, "-4", "net1").contains(&"default via 10.60.0.1".to_owned()));
     let before = ns.snapshot();

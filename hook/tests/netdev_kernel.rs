@@ -16,7 +16,9 @@ use kata_sriov::integrations::netdev;
 use kata_sriov::oci::state::HookState;
 use kata_sriov::pci::PciAddress;
 use kata_sriov::policy::config::Config;
-use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
+use kata_sriov::testing::{
+    add_vf_veths, del_vf_veths, lease_files, FakeBinder, FakeSysfs, FileNetlink,
+};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -65,18 +67,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeSysfs::new(&dir.path().join("sys"));
         let pf = fake.add_pf_with("0000:3b:00.0", &format!("{tag}p"), vfs, 8, Some("igbvf"));
-        for i in 0..vfs {
-            ip(&[
-                "link",
-                "add",
-                &format!("{tag}pv{i}"),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("{tag}q{i}"),
-            ]);
-        }
+        add_vf_veths(&tag, vfs);
         let text = format!(
             "state_dir = {:?}\nsysfs_root = {:?}\n[[pools]]\nname = \"nd\"\npfs = [\"0000:3b:00.0\"]\nmode = \"netdev\"\nmac = \"keep\"\n",
             dir.path().join("state"),
@@ -159,13 +150,7 @@ impl World {
     }
 
     fn leases(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("state/leases"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
-            .unwrap_or(0)
+        lease_files(&self.dir.path().join("state"))
     }
 }
 
@@ -173,14 +158,7 @@ impl Drop for World {
     fn drop(&mut self) {
         self.kill_sleeper();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        for i in 0..8 {
-            for n in [format!("{}pv{i}", self.tag), format!("{}q{i}", self.tag)] {
-                let _ = Command::new("ip")
-                    .args(["link", "del", &n])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        del_vf_veths(&self.tag, 8);
     }
 }
 

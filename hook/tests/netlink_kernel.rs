@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::fs::File;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use kata_sriov::kernel::netlink::{
@@ -15,6 +14,7 @@ use kata_sriov::kernel::netlink::{
 };
 use kata_sriov::pci::{IfName, LinkState, MacAddr, Qos, VlanId, VlanProto};
 use kata_sriov::rtnl::Rtnl;
+use kata_sriov_guest::testing;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -22,26 +22,21 @@ use nix::sched::{setns, CloneFlags};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-struct Netns {
-    name: String,
-}
+/// A namespace (deleted on drop) whose test bodies run in a thread in it.
+struct Netns(testing::Netns);
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!(
+        Netns(testing::Netns::add(format!(
             "ks-{tag}-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        Netns { name }
+        )))
     }
 
     /// `ip -n <ns> args...`, which must succeed; returns stdout.
     fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all)
+        self.0.ip(args)
     }
 
     /// Adds a veth pair `a` <-> `b` in the namespace.
@@ -57,7 +52,7 @@ impl Netns {
 
     /// Runs `f` in a thread that has joined the namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.0.path();
         std::thread::scope(|s| {
             s.spawn(move || {
                 let fd = File::open(&path).unwrap();
@@ -68,24 +63,6 @@ impl Netns {
             .unwrap()
         })
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

@@ -9,14 +9,13 @@ use std::fs;
 use std::path::Path;
 
 use kata_sriov::admin::setup::{Setup, SetupReport};
-use kata_sriov::guestnet::L3Config;
 use kata_sriov::kernel::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
 use kata_sriov::kernel::vfio::VfioError;
 use kata_sriov::pci::{IfName, MacAddr, PciAddress, VlanId};
 use kata_sriov::policy::config::Config;
-use kata_sriov::state::ledger::{now_secs, Lease, LeaseState, Ledger, OwnerCheck};
+use kata_sriov::state::ledger::{Lease, LeaseState, Ledger};
+use kata_sriov::testing::{sample_lease, FakeSysfs, FileNetlink};
 use kata_sriov::testing::{Call, RecordingNetlink};
-use kata_sriov::testing::{FakeSysfs, FileNetlink};
 
 /// FileNetlink plus the PF's `flags` file, which link_up sets like the kernel.
 struct Nl {
@@ -199,26 +198,15 @@ fn second_run_makes_no_netlink_set_call() {
 fn lease(lab: &Lab, index: u32) -> Lease {
     let vf = lab.fake.root().vf_addr(lab.pf, index).unwrap();
     Lease {
-        owner: "default/ctr1".into(),
-        pool: "fast".into(),
         mode: kata_sriov::policy::config::Mode::Netdev,
         pf: lab.pf,
         pf_netdev: Some(pf_if()),
         vf_index: index,
         vf,
-        pci_id: "8086:154c".parse().unwrap(),
         state: LeaseState::Claimed,
-        original_driver: Some("iavf".into()),
-        original_settings: None,
-        settings: vec![],
         mac: Some("02:aa:bb:cc:dd:ee".parse().unwrap()),
         iommu_group: None,
-        l3: L3Config::default(),
-        owner_check: OwnerCheck::None,
-        dan_file: None,
-        netdev_move: None,
-        created: now_secs(),
-        updated: now_secs(),
+        ..sample_lease(&vf.to_string(), "default/ctr1")
     }
 }
 

@@ -60,6 +60,31 @@ pci_group_members() { ls "/sys/kernel/iommu_groups/$(pci_group "$1")/devices" | 
 vf_addr() { basename "$(readlink "$SYS_PCI/$1/virtfn$2")"; }
 set_numvfs() { echo "$2" >"$SYS_PCI/$1/sriov_numvfs"; }
 
+# vlan100_pool PF: the scenarios' config section for pool vlan100 on PF
+# (VLAN 100, spoof checking on, trust off, a generated MAC).
+vlan100_pool() {
+  cat <<EOF
+[[pools]]
+name = "vlan100"
+pfs = ["$1"]
+vlan = 100
+spoofchk = true
+trust = false
+mac = "generate"
+EOF
+}
+
+# release_by_poststop KS OWNER VF: releases OWNER's VFs through `KS hook
+# poststop` (timed as poststop_release), then checks that VF is back on igbvf.
+release_by_poststop() {
+  local ks=$1 owner=$2 vf=$3 t
+  t=$(now_ms)
+  check "poststop" bash -c "printf '{\"id\":\"x\",\"annotations\":{\"io.kata-sriov.owner\":\"%s\"}}' '$owner' | '$ks' hook poststop"
+  timing poststop_release "$t"
+  wait_for 10 test "$(pci_driver "$vf")" = igbvf
+  check_eq "$vf back on igbvf" igbvf "$(pci_driver "$vf")"
+}
+
 # bind_driver ADDR DRIVER: driver_override + unbind + drivers_probe ("" clears the override).
 bind_driver() {
   local dev=$1 drv=$2

@@ -28,6 +28,11 @@ fn eth0_block(out: &str) -> String {
         .join("\n")
 }
 
+/// `docker network create -d DRIVER` and `rest` (options, then the name).
+fn network_create<'a>(driver: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    [&["network", "create", "-d", driver], rest].concat()
+}
+
 #[test]
 fn docker_run_gets_the_vf_and_docker_rm_returns_it_across_a_plugin_restart() {
     network_driver(&Engines::Host);
@@ -84,48 +89,32 @@ fn network_driver(engines: &Engines) {
     d.ok(&["import", tar.to_str().unwrap(), &image]);
 
     // Refused clearly: an unknown pool, and a PF/VLAN no pool has.
-    let o = d.docker(&[
-        "network",
-        "create",
-        "-d",
-        &driver,
-        "-o",
-        "pool=nope",
-        "bad1",
-    ]);
+    let o = d.docker(&network_create(&driver, &["-o", "pool=nope", "bad1"]));
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("no pool named \"nope\""), "{e}");
     let pf = format!("{}p", host.tag);
-    let o = d.docker(&[
-        "network",
-        "create",
-        "-d",
+    let o = d.docker(&network_create(
         &driver,
-        "-o",
-        &format!("pf={pf}"),
-        "-o",
-        "vlan=100",
-        "bad2",
-    ]);
+        &["-o", &format!("pf={pf}"), "-o", "vlan=100", "bad2"],
+    ));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no netdev pool has PF"));
 
     // The how-to's form: pf (no VLAN here) maps to the netdev pool.
     let net = format!("{driver}net");
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
+    d.ok(&network_create(
         &driver,
-        "-o",
-        &format!("pf={pf}"),
-        "--subnet",
-        "10.82.0.0/24",
-        "--gateway",
-        "10.82.0.1",
-        &net,
-    ]);
+        &[
+            "-o",
+            &format!("pf={pf}"),
+            "--subnet",
+            "10.82.0.0/24",
+            "--gateway",
+            "10.82.0.1",
+            &net,
+        ],
+    ));
 
     // docker run: the VF's interface is eth0 with Docker's address and the
     // VF's MAC; after --rm it is back on the host and its lease is gone.

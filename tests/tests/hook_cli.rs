@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use kata_sriov_tests::{workspace_bin, FakeHost};
+use kata_sriov::testing::json_strs;
+use kata_sriov_tests::{output_with_stdin, workspace_bin, FakeHost};
 
 fn host(vfs: u32) -> FakeHost {
     let bin = workspace_bin("kata-sriov");
@@ -28,21 +28,14 @@ fn host(vfs: u32) -> FakeHost {
 }
 
 fn ks(host: &FakeHost, args: &[&str], stdin: &[u8]) -> Output {
-    let mut c = Command::new(workspace_bin("kata-sriov"))
-        .arg("--config")
-        .arg(&host.config)
-        .args(args)
-        .env("KATA_SRIOV_LOG", host.path().join("log"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut i = c.stdin.take().unwrap();
-    // A rejected input may close stdin early.
-    let _ = i.write_all(stdin);
-    drop(i);
-    c.wait_with_output().unwrap()
+    output_with_stdin(
+        Command::new(workspace_bin("kata-sriov"))
+            .arg("--config")
+            .arg(&host.config)
+            .args(args)
+            .env("KATA_SRIOV_LOG", host.path().join("log")),
+        stdin,
+    )
 }
 
 fn base_spec() -> Value {
@@ -54,6 +47,15 @@ fn with_request(req: &str) -> Value {
     let mut s = base_spec();
     s["annotations"]["io.kata-sriov.networks"] = Value::from(req);
     s
+}
+
+/// `hook precreate` of the runc spec asking for `req`.
+fn precreate(host: &FakeHost, req: &str) -> Output {
+    ks(
+        host,
+        &["hook", "precreate"],
+        &serde_json::to_vec(&with_request(req)).unwrap(),
+    )
 }
 
 fn status(host: &FakeHost) -> Value {
@@ -102,12 +104,7 @@ fn precreate_status_poststop() {
         hook["env"],
         json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
     );
-    let args: Vec<&str> = hook["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = json_strs(&hook["args"]);
     assert!(args.ends_with(&["hook", "poststop"]), "{args:?}");
     // Fields the rewrite does not own are untouched.
     let base = base_spec();
@@ -166,11 +163,7 @@ fn no_request_passes_the_config_through_byte_for_byte() {
 #[test]
 fn poststop_falls_back_to_the_state_id_and_release_by_hand() {
     let host = host(2);
-    let o = ks(
-        &host,
-        &["hook", "precreate"],
-        &serde_json::to_vec(&with_request("fast")).unwrap(),
-    );
+    let o = precreate(&host, "fast");
     assert!(o.status.success());
     let out: Value = serde_json::from_slice(&o.stdout).unwrap();
     let owner = out["annotations"]["io.kata-sriov.owner"].as_str().unwrap();
@@ -244,11 +237,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
         (long_pool, "bytes"),
     ];
     for (req, needle) in cases {
-        let o = ks(
-            &host,
-            &["hook", "precreate"],
-            &serde_json::to_vec(&with_request(&req)).unwrap(),
-        );
+        let o = precreate(&host, &req);
         assert_rejected(&host, &o, needle);
     }
 }
@@ -301,11 +290,7 @@ fn hostile_stdin_is_refused() {
 #[test]
 fn gc_from_the_cli() {
     let host = host(2);
-    let o = ks(
-        &host,
-        &["hook", "precreate"],
-        &serde_json::to_vec(&with_request("fast")).unwrap(),
-    );
+    let o = precreate(&host, "fast");
     assert!(o.status.success());
     // Corrupt lease for VF 1: quarantined, reported, kept.
     std::fs::write(
@@ -332,11 +317,7 @@ fn precreate_refuses_dan_pools() {
         "vfio-pci",
         "[[pools]]\nname = \"d\"\npfs = [\"ens1f0\"]\nguest = \"dan\"\n",
     );
-    let o = ks(
-        &host,
-        &["hook", "precreate"],
-        &serde_json::to_vec(&with_request("d")).unwrap(),
-    );
+    let o = precreate(&host, "d");
     assert_rejected(&host, &o, "containerd-shim-kata-sriov-v2");
 }
 

@@ -10,21 +10,13 @@
 mod netdev_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use kata_sriov_tests::engines::{Containerd, Engines};
 use kata_sriov_tests::workspace_bin;
-use netdev_support::{busybox_rootfs, quiet_ok, run, VethHost};
-
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use netdev_support::{busybox_rootfs, quiet_ok, with_netdev_hooks, Netns, VethHost};
 
 #[test]
 fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {
@@ -32,8 +24,7 @@ fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {
     let host = VethHost::new("kc", 1, "");
     let vf_name = host.vf_netdev(0);
     let mac = host.mac(&vf_name);
-    let ns = Netns(format!("{}ns", host.tag));
-    run("ip", &["netns", "add", &ns.0]);
+    let ns = Netns::add(format!("{}ns", host.tag));
     let rootfs = host.path().join("rootfs");
     busybox_rootfs(&rootfs);
     let log = host.path().join("hook.log");
@@ -43,22 +34,10 @@ fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {
     spec["process"]["terminal"] = json!(false);
     spec["process"]["args"] = json!(["/bin/sh", "-c", "ip addr show; ip route show"]);
     spec["root"] = json!({ "path": rootfs, "readonly": false });
-    for n in spec["linux"]["namespaces"].as_array_mut().unwrap() {
-        if n["type"] == "network" {
-            n["path"] = json!(format!("/run/netns/{}", ns.0));
-        }
-    }
+    with_netdev_hooks(&mut spec, &ns, &bin, &host, &log);
     // No cgroup device rules: ctr's default spec handling stays out of it.
     spec["linux"]["resources"] = json!({});
     spec["linux"]["devices"] = json!([]);
-    let env = json!([
-        format!("KATA_SRIOV_CONFIG={}", host.config.display()),
-        format!("KATA_SRIOV_LOG={}", log.display()),
-    ]);
-    spec["hooks"] = json!({
-        "createRuntime": [{ "path": bin, "args": ["kata-sriov", "hook", "create-runtime"], "env": env, "timeout": 30 }],
-        "poststop": [{ "path": bin, "args": ["kata-sriov", "hook", "poststop"], "env": env, "timeout": 30 }],
-    });
     spec["annotations"] = json!({
         "io.kata-sriov.networks": r#"[{"pool":"nd","name":"sriov0","ips":["10.83.1.5/24"]}]"#
     });
@@ -98,7 +77,7 @@ fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {
     assert!(host.host_has(&vf_name), "hook log: {hook_log}");
     assert!(!quiet_ok(
         "ip",
-        &["-n", &ns.0, "link", "show", "dev", "sriov0"]
+        &["-n", &ns.name, "link", "show", "dev", "sriov0"]
     ));
     assert_eq!(host.leases(), 0, "hook log: {hook_log}");
 }

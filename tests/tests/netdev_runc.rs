@@ -17,19 +17,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use kata_sriov_tests::workspace_bin;
-use netdev_support::{busybox_rootfs, quiet_ok, run, VethHost};
+use kata_sriov_tests::{output_with_stdin, workspace_bin};
+use netdev_support::{busybox_rootfs, quiet_ok, with_netdev_hooks, Netns, VethHost};
 
 fn base_spec() -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/runc-config.json");
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 struct Runc {
@@ -61,6 +54,17 @@ impl Drop for Runc {
     }
 }
 
+/// `bin hook create-runtime` given `state`, with `host`'s config.
+fn create_runtime(bin: &Path, host: &VethHost, state: &Value) -> std::process::Output {
+    output_with_stdin(
+        Command::new(bin)
+            .args(["hook", "create-runtime"])
+            .env("KATA_SRIOV_CONFIG", &host.config)
+            .env("KATA_SRIOV_LOG", host.path().join("log")),
+        &serde_json::to_vec(state).unwrap(),
+    )
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -75,8 +79,7 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     let host = VethHost::new("kr", 1, "");
     let vf_name = host.vf_netdev(0);
     let mac = host.mac(&vf_name);
-    let ns = Netns(format!("{}ns", host.tag));
-    run("ip", &["netns", "add", &ns.0]);
+    let ns = Netns::add(format!("{}ns", host.tag));
 
     let bundle = host.path().join("bundle");
     busybox_rootfs(&bundle.join("rootfs"));
@@ -90,19 +93,7 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
         "ip addr show; ip route show; echo READY; sleep 300"
     ]);
     spec["root"]["readonly"] = json!(false);
-    for n in spec["linux"]["namespaces"].as_array_mut().unwrap() {
-        if n["type"] == "network" {
-            n["path"] = json!(format!("/run/netns/{}", ns.0));
-        }
-    }
-    let env = json!([
-        format!("KATA_SRIOV_CONFIG={}", host.config.display()),
-        format!("KATA_SRIOV_LOG={}", log.display()),
-    ]);
-    spec["hooks"] = json!({
-        "createRuntime": [{ "path": bin, "args": ["kata-sriov", "hook", "create-runtime"], "env": env, "timeout": 30 }],
-        "poststop": [{ "path": bin, "args": ["kata-sriov", "hook", "poststop"], "env": env, "timeout": 30 }],
-    });
+    with_netdev_hooks(&mut spec, &ns, &bin, &host, &log);
     spec["annotations"] = json!({
         "io.kata-sriov.networks": r#"[{"pool":"nd","ips":["10.79.1.5/24"],"gateway":"10.79.1.1"}]"#
     });
@@ -139,7 +130,7 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     assert!(!host.host_has(&vf_name), "the VF netdev left the host");
     assert!(quiet_ok(
         "ip",
-        &["-n", &ns.0, "link", "show", "dev", "net1"]
+        &["-n", &ns.name, "link", "show", "dev", "net1"]
     ));
     assert_eq!(host.leases(), 1);
     let o = r.cmd(&["start", &r.id]);
@@ -182,7 +173,7 @@ fn runc_container_gets_the_vf_netdev_and_gives_it_back() {
     assert_eq!(host.mac(&vf_name), mac);
     assert!(!quiet_ok(
         "ip",
-        &["-n", &ns.0, "link", "show", "dev", "net1"]
+        &["-n", &ns.name, "link", "show", "dev", "net1"]
     ));
     assert_eq!(host.leases(), 0, "log: {}", log_text());
     eprintln!("runc delete (poststop: move back + release) took {delete_ms} ms");
@@ -200,22 +191,7 @@ fn create_runtime_without_a_netdev_request_changes_nothing() {
     )
     .unwrap();
     let state = json!({ "ociVersion": "1.0.2", "id": "x", "pid": std::process::id(), "bundle": bundle, "status": "creating" });
-    let mut c = Command::new(&bin)
-        .args(["hook", "create-runtime"])
-        .env("KATA_SRIOV_CONFIG", &host.config)
-        .env("KATA_SRIOV_LOG", host.path().join("log"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(&state).unwrap())
-        .unwrap();
-    let o = c.wait_with_output().unwrap();
+    let o = create_runtime(&bin, &host, &state);
     assert!(o.status.success(), "{o:?}");
     assert!(o.stdout.is_empty());
     assert!(host.host_has(&host.vf_netdev(0)));
@@ -229,21 +205,7 @@ fn create_runtime_without_a_netdev_request_changes_nothing() {
         serde_json::to_vec(&spec).unwrap(),
     )
     .unwrap();
-    let mut c = Command::new(&bin)
-        .args(["hook", "create-runtime"])
-        .env("KATA_SRIOV_CONFIG", &host.config)
-        .env("KATA_SRIOV_LOG", host.path().join("log"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(&state).unwrap())
-        .unwrap();
-    let o = c.wait_with_output().unwrap();
+    let o = create_runtime(&bin, &host, &state);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -71,6 +71,32 @@ fn fail(out: &mut dyn Write, list: &mut Vec<String>, msg: String) -> std::io::Re
     Ok(())
 }
 
+/// Records a change as it is made: prints `done` and counts it, or records
+/// the failure as `what: <error>`. Returns whether it was made.
+fn change<E: std::error::Error + 'static>(
+    out: &mut dyn Write,
+    r: &mut SetupReport,
+    res: Result<(), E>,
+    what: &str,
+    done: String,
+) -> std::io::Result<bool> {
+    match res {
+        Ok(()) => {
+            writeln!(out, "{done}")?;
+            r.changes += 1;
+            Ok(true)
+        }
+        Err(e) => {
+            fail(
+                out,
+                &mut r.failures,
+                format!("{what}: {ec}", ec = chain(&e)),
+            )?;
+            Ok(false)
+        }
+    }
+}
+
 /// Records and prints something left alone on purpose.
 fn skip(out: &mut dyn Write, list: &mut Vec<String>, msg: String) -> std::io::Result<()> {
     writeln!(out, "skipped: {msg}")?;
@@ -133,17 +159,14 @@ impl<'a> Setup<'a> {
         {
             let d = &self.cfg.dan.dir;
             if !d.is_dir() {
-                match fs::DirBuilder::new().recursive(true).mode(0o755).create(d) {
-                    Ok(()) => {
-                        writeln!(out, "created Kata's DAN directory {}", d.display())?;
-                        r.changes += 1;
-                    }
-                    Err(e) => fail(
-                        out,
-                        &mut r.failures,
-                        format!("creating {}: {ec}", d.display(), ec = chain(&e)),
-                    )?,
-                }
+                let made = fs::DirBuilder::new().recursive(true).mode(0o755).create(d);
+                change(
+                    out,
+                    &mut r,
+                    made,
+                    &format!("creating {}", d.display()),
+                    format!("created Kata's DAN directory {}", d.display()),
+                )?;
             }
         }
         if r.changes == 0 && r.failures.is_empty() {
@@ -284,17 +307,15 @@ impl<'a> Setup<'a> {
         let ap = self.sysfs.device(addr).join("sriov_drivers_autoprobe");
         match read_attr(&ap) {
             Ok(v) if v.trim() == "1" => {}
-            Ok(v) => match self.sysfs.write(&ap, "1") {
-                Ok(()) => {
-                    writeln!(out, "{label}: sriov_drivers_autoprobe {} -> 1", v.trim())?;
-                    r.changes += 1;
-                }
-                Err(e) => fail(
+            Ok(v) => {
+                change(
                     out,
-                    &mut r.failures,
-                    format!("{label}: {ec}", ec = chain(&e)),
-                )?,
-            },
+                    r,
+                    self.sysfs.write(&ap, "1"),
+                    &label,
+                    format!("{label}: sriov_drivers_autoprobe {} -> 1", v.trim()),
+                )?;
+            }
             Err(e) => skip(
                 out,
                 &mut r.skipped,
@@ -329,17 +350,9 @@ impl<'a> Setup<'a> {
                     };
                     writeln!(out, "{label}: setting {want} VFs, was {num}{how} ...")?;
                     out.flush()?;
-                    match self.sysfs.set_num_vfs(addr, want, None) {
-                        Ok(_) => {
-                            writeln!(out, "{label}: {want} VFs")?;
-                            r.changes += 1;
-                            num = want;
-                        }
-                        Err(e) => fail(
-                            out,
-                            &mut r.failures,
-                            format!("{label}: {ec}", ec = chain(&e)),
-                        )?,
+                    let set = self.sysfs.set_num_vfs(addr, want, None).map(|_| ());
+                    if change(out, r, set, &label, format!("{label}: {want} VFs"))? {
+                        num = want;
                     }
                 }
             }

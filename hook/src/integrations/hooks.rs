@@ -99,12 +99,7 @@ mod tests {
             let hook = &v["hook"];
             assert_eq!(hook["path"], INSTALLED_BINARY);
             assert!(hook["path"].as_str().unwrap().ends_with("/kata-sriov"));
-            let args: Vec<&str> = hook["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap())
-                .collect();
+            let args = crate::testing::json_strs(&hook["args"]);
             assert_eq!(args[0], BINARY_NAME);
             assert_eq!(args[1..].len(), 2, "{args:?}");
             assert_eq!(args[1], "hook");

@@ -103,6 +103,17 @@ pub fn link_name(path: &Path) -> Result<Option<String>, SysfsError> {
     }
 }
 
+/// The entries of directory `path`; none when it does not exist.
+fn list_dir(path: &Path) -> Result<Vec<fs::DirEntry>, SysfsError> {
+    let rd = match fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(IoError::at("listing", path)(e).into()),
+    };
+    rd.map(|e| e.map_err(|e| IoError::at("listing", path)(e).into()))
+        .collect()
+}
+
 /// Writes `data` to a sysfs attribute in one write(2), giving up after
 /// `timeout` (a driver can block a write for a long time; the writing
 /// thread is then left behind, and the error names the file).
@@ -258,14 +269,8 @@ impl SysfsRoot {
     /// The network interfaces of a device (`net/`), sorted.
     pub fn netdevs(&self, addr: PciAddress) -> Result<Vec<IfName>, SysfsError> {
         let p = self.existing_device(addr)?.join("net");
-        let rd = match fs::read_dir(&p) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(IoError::at("listing", &p)(e).into()),
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let e = e.map_err(IoError::at("listing", &p))?;
+        for e in list_dir(&p)? {
             if let Some(n) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
                 out.push(n);
             }
@@ -277,14 +282,8 @@ impl SysfsRoot {
     /// Every SR-IOV capable PCI device (one with `sriov_totalvfs`), sorted.
     pub fn list_pfs(&self) -> Result<Vec<PciAddress>, SysfsError> {
         let p = self.root.join("bus/pci/devices");
-        let rd = match fs::read_dir(&p) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(IoError::at("listing", &p)(e).into()),
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let e = e.map_err(IoError::at("listing", &p))?;
+        for e in list_dir(&p)? {
             let Some(addr) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
                 continue;
             };

@@ -459,30 +459,7 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), LedgerError> {
 mod tests {
     use super::*;
 
-    pub(crate) fn sample(vf: &str, owner: &str) -> Lease {
-        Lease {
-            owner: owner.into(),
-            pool: "fast".into(),
-            mode: Mode::Vfio,
-            pf: "0000:3b:00.0".parse().unwrap(),
-            pf_netdev: Some("ens1f0".parse().unwrap()),
-            vf_index: 0,
-            vf: vf.parse().unwrap(),
-            pci_id: "8086:154c".parse().unwrap(),
-            state: LeaseState::Claiming,
-            original_driver: Some("iavf".into()),
-            original_settings: None,
-            settings: vec![],
-            mac: None,
-            iommu_group: Some(12),
-            l3: L3Config::default(),
-            owner_check: OwnerCheck::None,
-            dan_file: None,
-            netdev_move: None,
-            created: now_secs(),
-            updated: now_secs(),
-        }
-    }
+    use crate::testing::sample_lease as sample;
 
     #[test]
     fn state_dir_is_private_and_checked() {

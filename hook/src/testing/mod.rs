@@ -2,9 +2,13 @@
 //! driver binder that moves the `driver` links of such a tree the way the
 //! kernel would. Used by this crate's tests, by the other crates' tests and
 //! by the benchmarks; production code never constructs these (they only act
-//! on the directory they are given).
+//! on the directory they are given). Also the small pieces the tests of
+//! several crates share: veth pairs standing in for VFs' netdevs, a sample
+//! lease, the count of lease files, a JSON array's strings.
 
+mod links;
 mod netlink;
+pub use links::{add_vf_veths, del_vf_veths};
 pub use netlink::{Call, RecordingNetlink};
 
 use std::fs;
@@ -14,11 +18,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::guestnet::L3Config;
 use crate::kernel::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
 use crate::kernel::sysfs::SysfsRoot;
 use crate::kernel::vfio::{DriverBinder, VfioError};
 use crate::pci::{IfName, PciAddress};
+use crate::policy::config::Mode;
 use crate::rtnl::RtnlError;
+use crate::state::ledger::{now_secs, Lease, LeaseState, OwnerCheck};
 
 /// A PCI device to put into a fake tree.
 #[derive(Debug, Clone)]
@@ -100,6 +107,53 @@ fn set_driver_link(dir: &Path, addr: PciAddress, driver: Option<&str>) {
             let _ = fs::remove_file(&link);
         }
     }
+}
+
+/// A lease of `vf` to `owner` in the states' usual shape: pool `fast`, a
+/// vfio VF 0 of PF 0000:3b:00.0 (ens1f0), claiming, from iavf, IOMMU group 12.
+pub fn sample_lease(vf: &str, owner: &str) -> Lease {
+    Lease {
+        owner: owner.into(),
+        pool: "fast".into(),
+        mode: Mode::Vfio,
+        pf: "0000:3b:00.0".parse().unwrap_or_else(|e| panic!("{e}")),
+        pf_netdev: Some("ens1f0".parse().unwrap_or_else(|e| panic!("{e}"))),
+        vf_index: 0,
+        vf: vf.parse().unwrap_or_else(|e| panic!("{vf}: {e}")),
+        pci_id: "8086:154c".parse().unwrap_or_else(|e| panic!("{e}")),
+        state: LeaseState::Claiming,
+        original_driver: Some("iavf".into()),
+        original_settings: None,
+        settings: vec![],
+        mac: None,
+        iommu_group: Some(12),
+        l3: L3Config::default(),
+        owner_check: OwnerCheck::None,
+        dan_file: None,
+        netdev_move: None,
+        created: now_secs(),
+        updated: now_secs(),
+    }
+}
+
+/// How many lease files (`leases/*.json`) the state dir `state_dir` holds.
+pub fn lease_files(state_dir: &Path) -> usize {
+    fs::read_dir(state_dir.join("leases"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The strings of a JSON array (a hook's `args`); panics on anything else.
+pub fn json_strs(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|a| a.as_str().unwrap_or_else(|| panic!("not a string: {a}")))
+        .collect()
 }
 
 /// The address of VF `i` of a PF: routing id PF + 0x80 + i, as many NICs do.

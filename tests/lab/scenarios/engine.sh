@@ -19,13 +19,7 @@ export KATA_SRIOV_CONFIG=$W/config.toml KATA_SRIOV_LOG=$W/log
 cat >"$KATA_SRIOV_CONFIG" <<EOF
 [hook]
 binary = "$KS"
-[[pools]]
-name = "vlan100"
-pfs = ["$PF"]
-vlan = 100
-spoofchk = true
-trust = false
-mac = "generate"
+$(vlan100_pool "$PF")
 num_vfs = $NVF
 [[pools]]
 name = "unsafe"
@@ -104,11 +98,7 @@ check "/dev/vfio/$group exists" test -c "/dev/vfio/$group"
 check_match "status shows the lease" "leased to $owner" "$("$KS" status)"
 
 step "release through hook poststop"
-t=$(now_ms)
-check "poststop" bash -c "printf '{\"id\":\"x\",\"annotations\":{\"io.kata-sriov.owner\":\"%s\"}}' '$owner' | '$KS' hook poststop"
-timing poststop_release "$t"
-wait_for 10 test "$(pci_driver "$vf")" = igbvf
-check_eq "$vf back on igbvf" igbvf "$(pci_driver "$vf")"
+release_by_poststop "$KS" "$owner" "$vf"
 check_eq "PF's vf $idx line equals the line before the claim" "${before[$idx]}" "$(vf_line "$idx")"
 
 step "IOMMU safety: a VF sharing its group with another endpoint is refused"

@@ -33,13 +33,7 @@ export KATA_SRIOV_CONFIG=$W/config.toml
 cat >"$KATA_SRIOV_CONFIG" <<EOC
 [hook]
 binary = "$KS"
-[[pools]]
-name = "vlan100"
-pfs = ["$PF"]
-vlan = 100
-spoofchk = true
-trust = false
-mac = "generate"
+$(vlan100_pool "$PF")
 EOC
 
 step "the inner VM's kernel and initramfs"
@@ -144,11 +138,7 @@ check_match "inner: default via 192.168.100.1 dev net1" 'INNER route default via
 check_match "inner VM pings the PF ($PF_IP) across the VF, VLAN 100" "^INNER ping-ok $PF_IP" "$in"
 
 step "release through kata-sriov hook poststop"
-t=$(now_ms)
-check "poststop" bash -c "printf '{\"id\":\"x\",\"annotations\":{\"io.kata-sriov.owner\":\"%s\"}}' '$owner' | '$KS' hook poststop"
-timing poststop_release "$t"
-wait_for 10 test "$(pci_driver "$VF")" = igbvf
-check_eq "$VF back on igbvf" igbvf "$(pci_driver "$VF")"
+release_by_poststop "$KS" "$owner" "$VF"
 wait_for 10 test -d "$SYS_PCI/$VF/net"
 after=$(vf_line 0)
 info "vf 0 after: $after"

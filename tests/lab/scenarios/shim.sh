@@ -45,13 +45,7 @@ delegate = "containerd-shim-runc-v2"
 binary = "$KS"
 [dan]
 dir = "$DANS"
-[[pools]]
-name = "vlan100"
-pfs = ["$PF"]
-vlan = 100
-spoofchk = true
-trust = false
-mac = "generate"
+$(vlan100_pool "$PF")
 [[pools]]
 name = "dan100"
 pfs = ["$PF"]
@@ -130,16 +124,22 @@ run_bg() {
     >"$out" 2>&1 &
 }
 
+# ready_or_finish WHAT OUTFILE: waits for run_bg's IN-READY in OUTFILE; if it
+# does not come, fails with what the container printed and containerd's log,
+# and finishes.
+ready_or_finish() {
+  wait_for 60 grep -q IN-READY "$2" && return 0
+  fail "$1 did not start: $(cat "$2")"
+  tail -30 "$W/containerd.log"
+  finish
+}
+
 step "a container asking for pool vlan100 through containerd-shim-kata-sriov-v2"
 demo "ctr run --rm --runtime $RUNTIME --annotation io.kata-sriov.networks=vlan100 --rootfs $R c1 sh -c ..."
 t=$(now_ms)
 run_bg c1 "$W/c1.out" --annotation io.kata-sriov.networks=vlan100
 CPID=$!
-if ! wait_for 60 grep -q IN-READY "$W/c1.out"; then
-  fail "container c1 did not start: $(cat "$W/c1.out")"
-  tail -30 "$W/containerd.log"
-  finish
-fi
+ready_or_finish "container c1" "$W/c1.out"
 timing ctr_run_until_ready "$t"
 sed 's/^/  | /' "$W/c1.out"
 devs=$(sed -n 's/^IN devs: //p' "$W/c1.out")
@@ -205,11 +205,7 @@ t=$(now_ms)
 run_bg s1 "$W/s1.out" --annotation io.kata-sriov.networks=dan100 \
   --annotation io.kubernetes.cri.container-type=sandbox --annotation "io.kubernetes.cri.sandbox-id=$SID"
 CPID=$!
-if ! wait_for 60 grep -q IN-READY "$W/s1.out"; then
-  fail "sandbox s1 did not start: $(cat "$W/s1.out")"
-  tail -30 "$W/containerd.log"
-  finish
-fi
+ready_or_finish "sandbox s1" "$W/s1.out"
 timing dan_run_until_ready "$t"
 f=$DANS/$SID.json
 check "DAN file $f exists" test -f "$f"

@@ -10,8 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use serde_json::{json, Value};
+
 use kata_sriov::pci::PciAddress;
-use kata_sriov::testing::FakeSysfs;
+use kata_sriov::testing::{add_vf_veths, del_vf_veths, lease_files, FakeSysfs};
+/// A network namespace made with `ip netns add`, deleted on drop.
+pub use kata_sriov_guest::testing::Netns;
 use kata_sriov_tests::workspace_bin;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -66,21 +70,7 @@ impl VethHost {
         let sys = dir.path().join("sys");
         let fake = FakeSysfs::new(&sys);
         let pf = fake.add_pf_with("0000:3b:00.0", &format!("{tag}p"), vfs, 8, Some("igbvf"));
-        for i in 0..vfs {
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &format!("{tag}pv{i}"),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &format!("{tag}q{i}"),
-                ],
-            );
-        }
+        add_vf_veths(&tag, vfs);
         let config = dir.path().join("config.toml");
         let text = format!(
             "state_dir = {:?}\nsysfs_root = {:?}\n[[pools]]\nname = \"nd\"\npfs = [\"0000:3b:00.0\"]\nmode = \"netdev\"\nmac = \"keep\"\n{extra}",
@@ -126,27 +116,36 @@ impl VethHost {
     }
 
     pub fn leases(&self) -> usize {
-        std::fs::read_dir(self.path().join("state/leases"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .count()
-            })
-            .unwrap_or(0)
+        lease_files(&self.path().join("state"))
     }
 }
 
 impl Drop for VethHost {
     fn drop(&mut self) {
-        for i in 0..self.vfs {
-            for n in [format!("{}pv{i}", self.tag), format!("{}q{i}", self.tag)] {
-                let _ = Command::new("ip")
-                    .args(["link", "del", &n])
-                    .stderr(Stdio::null())
-                    .status();
-            }
+        del_vf_veths(&self.tag, self.vfs);
+    }
+}
+
+/// Points the spec's network namespace at `ns` (joined by path) and gives
+/// it kata-sriov's createRuntime and poststop hooks: `bin`, with `host`'s
+/// config and `log` in their environment.
+pub fn with_netdev_hooks(spec: &mut Value, ns: &Netns, bin: &Path, host: &VethHost, log: &Path) {
+    for n in spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("no linux.namespaces"))
+    {
+        if n["type"] == "network" {
+            n["path"] = json!(format!("/run/netns/{}", ns.name));
         }
     }
+    let env = json!([
+        format!("KATA_SRIOV_CONFIG={}", host.config.display()),
+        format!("KATA_SRIOV_LOG={}", log.display()),
+    ]);
+    spec["hooks"] = json!({
+        "createRuntime": [{ "path": bin, "args": ["kata-sriov", "hook", "create-runtime"], "env": env, "timeout": 30 }],
+        "poststop": [{ "path": bin, "args": ["kata-sriov", "hook", "poststop"], "env": env, "timeout": 30 }],
+    });
 }
 
 /// A busybox rootfs under `dir` (a static busybox with its applets linked).
