@@ -210,7 +210,7 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
         .read_to_end(&mut input)
         .context("reading config.json from stdin")?;
     let mut spec = spec::parse_spec(&input)?;
-    let plan = ContainerPlan::for_hook(cfg, &spec)?;
+    let mut plan = ContainerPlan::for_hook(cfg, &spec)?;
     if !plan.asks() {
         std::io::stdout().write_all(&input)?;
         return Ok(());
@@ -218,7 +218,8 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
     let owner = owner::generate("precreate")?;
-    let claimed = flow::claim_into_spec(&engine, &mut spec, &plan, &owner, OwnerCheck::None)?;
+    plan.owned_by(owner.clone(), OwnerCheck::None);
+    let claimed = flow::claim_into_spec(&engine, &mut spec, &plan)?;
     let vfs: Vec<String> = claimed
         .iter()
         .flatten()

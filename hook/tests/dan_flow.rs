@@ -34,8 +34,9 @@ fn shim_claim(
     check: OwnerCheck,
     shim_id: &str,
 ) -> Result<Option<Vec<kata_sriov::engine::claim::ClaimedVf>>, flow::FlowError> {
-    let plan = kata_sriov::oci::plan::ContainerPlan::for_shim(e.cfg, spec, shim_id)?;
-    flow::claim_for_shim(e, spec, &plan, owner, check)
+    let mut plan = kata_sriov::oci::plan::ContainerPlan::for_shim(e.cfg, spec, shim_id)?;
+    plan.owned_by(owner.to_owned(), check);
+    flow::claim_for_shim(e, spec, &plan)
 }
 
 fn host() -> Host {

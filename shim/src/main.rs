@@ -179,14 +179,9 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     let engine = Engine::new(&cfg, &nl, &binder)?;
     let log = open_log(&cfg);
     let original = spec.clone();
-    let claimed = flow::claim_for_shim(
-        &engine,
-        &mut spec,
-        &plan,
-        &owner,
-        OwnerCheck::Bundle(bundle.clone()),
-    )
-    .with_context(|| format!("claiming a VF for {owner}"))?;
+    plan.owned_by(owner.clone(), OwnerCheck::Bundle(bundle.clone()));
+    let claimed = flow::claim_for_shim(&engine, &mut spec, &plan)
+        .with_context(|| format!("claiming a VF for {owner}"))?;
     if claimed.is_some() {
         if let Err(e) = flow::write_bundle_config(&bundle, &spec) {
             release_after_failure(&engine, &owner, &log);

@@ -550,14 +550,20 @@ fn containerd_version(doc: &DocumentMut, path: &Path) -> Result<i64, ConfigureEr
     }
 }
 
-/// Adds the kata-sriov runtime to containerd config text.
-pub fn containerd_edit(text: &str, path: &Path) -> Result<String, ConfigureError> {
-    let mut doc = parse_toml(text, path)?;
-    let version = containerd_version(&doc, path)?;
+/// The name of the config's CRI plugin table, from its version.
+fn containerd_cri_of(doc: &DocumentMut, path: &Path) -> Result<&'static str, ConfigureError> {
+    let version = containerd_version(doc, path)?;
     let plugin = containerd_cri_plugin(version).ok_or_else(|| ConfigureError::Unsupported {
         path: path.to_owned(),
         message: format!("containerd config version {version} is not supported (2 or 3)"),
     })?;
+    Ok(plugin)
+}
+
+/// Adds the kata-sriov runtime to containerd config text.
+pub fn containerd_edit(text: &str, path: &Path) -> Result<String, ConfigureError> {
+    let mut doc = parse_toml(text, path)?;
+    let plugin = containerd_cri_of(&doc, path)?;
     if doc.get("version").is_none() {
         doc.insert("version", toml_edit::value(2));
     }
@@ -831,11 +837,7 @@ fn containerd_twins(
         return Ok(text.to_owned());
     }
     let mut doc = parse_toml(text, path)?;
-    let version = containerd_version(&doc, path)?;
-    let plugin = containerd_cri_plugin(version).ok_or_else(|| ConfigureError::Unsupported {
-        path: path.to_owned(),
-        message: format!("containerd config version {version} is not supported (2 or 3)"),
-    })?;
+    let plugin = containerd_cri_of(&doc, path)?;
     let mut at = String::from("plugins");
     let mut t = child(doc.as_table_mut(), "plugins", path, "")?;
     for key in [plugin, "containerd", "runtimes"] {

@@ -206,6 +206,16 @@ pub fn check_requests(cfg: &Config, reqs: &[NetworkRequest]) -> Result<(), Claim
     Ok(())
 }
 
+/// A VF found for a request: (pf, pf netdev, index, vf, IOMMU group, driver).
+type Found = (
+    PciAddress,
+    Option<IfName>,
+    u32,
+    PciAddress,
+    Option<u32>,
+    Option<String>,
+);
+
 /// The engine: everything a claim or release touches.
 pub struct Engine<'a> {
     pub cfg: &'a Config,
@@ -535,17 +545,7 @@ impl<'a> Engine<'a> {
         pool: &Pool,
         taken: &HashSet<PciAddress>,
         why: &mut String,
-    ) -> Result<
-        Option<(
-            PciAddress,
-            Option<IfName>,
-            u32,
-            PciAddress,
-            Option<u32>,
-            Option<String>,
-        )>,
-        ClaimError,
-    > {
+    ) -> Result<Option<Found>, ClaimError> {
         let mut skipped: Vec<String> = Vec::new();
         for name in &pool.pfs {
             let pf = self.sysfs.resolve_pf(name)?;
@@ -627,17 +627,7 @@ impl<'a> Engine<'a> {
         vf: PciAddress,
         taken: &HashSet<PciAddress>,
         entries: &[ledger::LeaseEntry],
-    ) -> Result<
-        (
-            PciAddress,
-            Option<IfName>,
-            u32,
-            PciAddress,
-            Option<u32>,
-            Option<String>,
-        ),
-        ClaimError,
-    > {
+    ) -> Result<Found, ClaimError> {
         let unavailable = |why: String| ClaimError::PinnedUnavailable {
             vf,
             pool: pool.name.clone(),

@@ -21,7 +21,6 @@ use crate::oci::spec::{self, DeviceNode, SpecEdit, SpecError};
 use crate::policy::config::{Config, GuestMode, Mode};
 use crate::policy::request::RequestError;
 use crate::state::atomic::{self, Place};
-use crate::state::ledger::OwnerCheck;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -104,30 +103,35 @@ pub fn claim_into_spec(
     engine: &Engine<'_>,
     spec: &mut Value,
     plan: &ContainerPlan,
-    owner: &str,
-    check: OwnerCheck,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
     let poststop = engine.cfg.hook.precreate_poststop();
-    claim_edit(engine, spec, plan, owner, check, poststop)
+    claim_edit(engine, spec, plan, poststop)
 }
 
 fn claim_edit(
     engine: &Engine<'_>,
     spec: &mut Value,
     plan: &ContainerPlan,
-    owner: &str,
-    check: OwnerCheck,
     poststop: bool,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
     if !plan.asks() {
         return Ok(None);
+    }
+    let owner = plan.owner.as_str();
+    if owner.is_empty() {
+        return Err(FlowError::Other("the container's plan has no owner".into()));
     }
     spec::check_spec(spec)?;
     let vfio = match plan.vfio_nodes {
         true => Some(vfio::container_node(&engine.cfg.dev_root).map_err(ClaimError::from)?),
         false => None,
     };
-    let claimed = engine.claim_checked(owner, &plan.requests, check, plan.dan_file.as_deref())?;
+    let claimed = engine.claim_checked(
+        owner,
+        &plan.requests,
+        plan.check.clone(),
+        plan.dan_file.as_deref(),
+    )?;
     let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop).and_then(|edit| {
         let mut copy = spec.clone();
         spec::apply(&mut copy, &edit)?;
@@ -156,9 +160,8 @@ pub fn claim_for_shim(
     engine: &Engine<'_>,
     spec: &mut Value,
     plan: &ContainerPlan,
-    owner: &str,
-    check: OwnerCheck,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
+    let owner = plan.owner.as_str();
     let existed = match &plan.dan_file {
         Some(p) => {
             let existed = fs::symlink_metadata(p).is_ok();
@@ -170,7 +173,7 @@ pub fn claim_for_shim(
         None => false,
     };
     let poststop = engine.cfg.hook.shim_poststop();
-    let claimed = claim_edit(engine, spec, plan, owner, check, poststop)?;
+    let claimed = claim_edit(engine, spec, plan, poststop)?;
     let (Some(p), Some(vfs)) = (&plan.dan_file, claimed.as_ref()) else {
         return Ok(claimed);
     };

@@ -11,6 +11,7 @@ use crate::engine::claim::{check_requests, ClaimError};
 use crate::oci::dan::{self, DanError};
 use crate::policy::config::{Config, GuestMode, Mode, PoolName};
 use crate::policy::request::{self, NetworkRequest, RequestError};
+use crate::state::ledger::OwnerCheck;
 
 /// `io.kubernetes.cri.container-type`: `sandbox` or `container`.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -65,6 +66,10 @@ pub struct ContainerPlan {
     /// Whether the spec gets `/dev/vfio/*` nodes (a vfio pool whose guest
     /// is the helper).
     pub vfio_nodes: bool,
+    /// The token the claim is recorded under and how gc tells that its
+    /// owner is gone ([`ContainerPlan::owned_by`]; empty until set).
+    pub owner: String,
+    pub check: OwnerCheck,
 }
 
 fn annotations(spec: &Value) -> Map<String, Value> {
@@ -160,6 +165,8 @@ impl ContainerPlan {
             dan_file: None,
             netdev: false,
             vfio_nodes: false,
+            owner: String::new(),
+            check: OwnerCheck::None,
         };
         let netdev = plan.pools(cfg).any(|(m, _)| m == Mode::Netdev);
         let vfio_nodes = plan
@@ -176,6 +183,13 @@ impl ContainerPlan {
             .iter()
             .filter_map(|r| cfg.pool(r.pool.as_str()))
             .map(|p| (p.mode, cfg.guest_mode(p)))
+    }
+
+    /// Sets who the claim is for: the shim's `<namespace>/<id>` tied to
+    /// its bundle, precreate's generated token.
+    pub fn owned_by(&mut self, owner: String, check: OwnerCheck) {
+        self.owner = owner;
+        self.check = check;
     }
 
     /// Whether anything is asked.
