@@ -199,10 +199,12 @@ for i in $(seq 0 $((NVF - 1))); do
 done
 
 step "DAN: a CRI sandbox asking for the guest = \"dan\" pool dan100"
+# A sandbox's id is its CRI sandbox id (kata-sriov refuses a spec naming
+# another sandbox).
 SID=sandbox-$$
 demo "ctr run --rm --runtime $RUNTIME --annotation io.kata-sriov.networks=dan100 --annotation io.kubernetes.cri.container-type=sandbox --annotation io.kubernetes.cri.sandbox-id=$SID ..."
 t=$(now_ms)
-run_bg s1 "$W/s1.out" --annotation io.kata-sriov.networks=dan100 \
+run_bg "$SID" "$W/s1.out" --annotation io.kata-sriov.networks=dan100 \
   --annotation io.kubernetes.cri.container-type=sandbox --annotation "io.kubernetes.cri.sandbox-id=$SID"
 CPID=$!
 ready_or_finish "sandbox s1" "$W/s1.out"
@@ -225,7 +227,7 @@ check_eq "one lease" 1 "$(leases)"
 
 step "the sandbox is removed: DAN file and lease gone"
 t=$(now_ms)
-touch "$W/x/s1.go"
+touch "$W/x/$SID.go"
 wait "$CPID"; rc=$?
 check_eq "ctr run exit status" 0 "$rc"
 wait_for 20 test "$(pci_driver "$dvf")" = igbvf
