@@ -30,7 +30,7 @@ use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::kernel::vfio::{self, DevNode, DriverBinder, VfioError, VFIO_PCI};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
 use crate::policy::config::{Config, GuestMode, MacPolicy, Mode, Pool};
-use crate::policy::owner;
+use crate::policy::owner::{self, MAX_OWNER};
 use crate::policy::request::NetworkRequest;
 use crate::state::ledger::{self, Lease, LeaseState, Ledger, LedgerError, OwnerCheck};
 
@@ -92,7 +92,7 @@ pub enum ClaimError {
         vf: PciAddress,
         bundle: Option<PathBuf>,
     },
-    #[error("owner token {0:?} must be 1 to 512 bytes without control characters")]
+    #[error("owner token {0:?} must be 1 to {MAX_OWNER} bytes without control characters")]
     BadOwner(String),
     #[error("{vf}: its lease disappeared")]
     LeaseGone { vf: PciAddress },

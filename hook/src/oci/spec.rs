@@ -26,7 +26,7 @@ use crate::guestnet::{
     validate_guest_networks, GuestNetError, GuestNetwork, GUEST_ANNOTATION, MAX_GUEST_JSON,
 };
 use crate::json::{kind, read_limited, MAX_INPUT_BYTES};
-use crate::policy::owner::{MAX_OWNER, OWNER_ANNOTATION};
+use crate::policy::owner::{self, MAX_OWNER, OWNER_ANNOTATION};
 
 /// The VFIO container node every VFIO user needs besides its group node.
 pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
@@ -185,10 +185,7 @@ pub fn check_spec(spec: &Value) -> Result<(), SpecError> {
 }
 
 fn check_edit(edit: &SpecEdit) -> Result<Vec<&DeviceNode>, SpecError> {
-    if edit.owner.is_empty()
-        || edit.owner.len() > MAX_OWNER
-        || edit.owner.chars().any(char::is_control)
-    {
+    if !owner::valid(&edit.owner) {
         return Err(SpecError::BadOwner);
     }
     let mut devices: Vec<&DeviceNode> = Vec::new();
