@@ -183,7 +183,10 @@ cmd_run() {
   mkdir -p "$out"
   write_job "$out" run "$script" "$@"
   qemu_args "$out"
-  local limit=${LAB_TIMEOUT:-600} boot_limit=${LAB_BOOT_TIMEOUT:-60} tries=${LAB_BOOT_TRIES:-3}
+  # A scenario may ask for a longer limit with a "# lab-timeout: N" line.
+  local own
+  own=$(sed -n 's/^# lab-timeout: \([0-9][0-9]*\)$/\1/p' "$script" | head -n1)
+  local limit=${LAB_TIMEOUT:-${own:-600}} boot_limit=${LAB_BOOT_TIMEOUT:-60} tries=${LAB_BOOT_TRIES:-3}
   local t0=$SECONDS rc qpid tpid try=1
   while :; do
     rm -f "$out/ready" "$out/status"
