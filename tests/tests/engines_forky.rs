@@ -192,10 +192,9 @@ fn containerd_2_ctr_run_through_our_shim_gets_the_vf_and_gives_it_back() {
     timed("ctr run -d (claim, start)", t);
     let ls = std::fs::read_to_string(&seen).unwrap();
     let lease = check_claim(&host, &format!("default/{id}"), &ls);
+    let bundle = bundle_of(&host, id);
+    assert_hook_free(&bundle);
     // containerd recorded our binary as the shim to call for cleanup.
-    let bundle = host.path().join(format!(
-        "containerd/state/io.containerd.runtime.v2.task/default/{id}"
-    ));
     let recorded = std::fs::read_to_string(bundle.join("shim-binary-path")).unwrap();
     assert!(
         recorded.ends_with("containerd-shim-kata-sriov-v2"),
@@ -212,13 +211,140 @@ fn containerd_2_ctr_run_through_our_shim_gets_the_vf_and_gives_it_back() {
         "ctr tasks rm {id}: {}",
         c.log()
     );
+    // The task is deleted: no poststop hook, so the shim's delete released.
+    lease_gone_within_a_second(&host, "ctr tasks rm returned");
     ok("ctr containers rm", &c.ctr(&["containers", "rm", id], T));
     check_released(&host, &lease);
     timed("ctr tasks kill + rm, containers rm (release)", t);
     let log = host.log();
     assert!(log.contains("start: claimed"), "{log}");
+    assert!(log.contains("delete: released, vfs: 1"), "{log}");
+    assert!(!log.contains("poststop"), "{log}");
     assert!(!bundle.exists(), "containerd left the bundle");
     timed("containerd 2 row", t0);
+}
+
+/// containerd 2.1's bundle directory of task `id` (namespace `default`).
+fn bundle_of(host: &FakeHost, id: &str) -> PathBuf {
+    host.path().join(format!(
+        "containerd/state/io.containerd.runtime.v2.task/default/{id}"
+    ))
+}
+
+/// Under Kata 4's runtime-rs any host hook switches the guest hooks off:
+/// the delegate's config.json must carry none (issue 14).
+fn assert_hook_free(bundle: &Path) {
+    let text = std::fs::read_to_string(bundle.join("config.json")).unwrap();
+    let spec: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        spec.get("hooks").is_none(),
+        "hooks in the delegate's spec: {}",
+        spec["hooks"]
+    );
+    assert!(
+        !text.contains("kata-sriov hook") && !text.contains("\"poststop\""),
+        "{text}"
+    );
+}
+
+/// Waits at most a second for the lease to go (release in the shim's
+/// delete, which containerd calls when the delegate disconnects).
+fn lease_gone_within_a_second(host: &FakeHost, after: &str) {
+    let t = Instant::now();
+    let gone = eventually(Duration::from_secs(1), || host.leased().is_empty());
+    let took = t.elapsed();
+    assert!(
+        gone && took <= Duration::from_secs(1),
+        "the lease was still there {took:?} after {after}; log:\n{}",
+        host.log()
+    );
+    eprintln!("lease gone {took:?} after {after}");
+}
+
+/// The pid of the delegate (runc's shim) serving task `id` on `c`.
+fn delegate_pid(c: &Containerd, id: &str) -> Option<i32> {
+    let sock = c.sock.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let has = |flag: &str, v: &str| args.windows(2).any(|w| w[0] == flag && w[1] == v);
+        (args
+            .first()
+            .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
+            && has("-address", &sock)
+            && has("-id", id))
+        .then_some(pid)
+    })
+}
+
+#[test]
+fn containerd_2_sigkill_of_the_delegate_gives_the_vf_back_within_a_second() {
+    let Some(engines) = Engines::forky("containerd 2.1: SIGKILL of the delegate") else {
+        return;
+    };
+    let (host, _kernel) = fake_host();
+    let bin = shim_dir(&host);
+    let c = Containerd::start(
+        &engines,
+        &host.path().join("containerd"),
+        Some(&bin),
+        &[("KATA_SRIOV_CONFIG", &host.config)],
+    );
+    let rootfs = host.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let fifo = host.path().join("fifo").display().to_string();
+    let req = format!("{REQUEST}={POOL}");
+    let id = "ks9";
+    ok(
+        "ctr run",
+        &c.ctr(
+            &[
+                "run",
+                "-d",
+                "--fifo-dir",
+                &fifo,
+                "--runtime",
+                "io.containerd.kata-sriov.v2",
+                "--annotation",
+                &req,
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                id,
+                "/bin/sh",
+                "-c",
+                "ls -l /dev/vfio/ >/seen.tmp; mv /seen.tmp /seen; exec sleep 300",
+            ],
+            T,
+        ),
+    );
+    let seen = rootfs.join("seen");
+    assert!(
+        eventually(T, || seen.exists()),
+        "the container did not run:\n{}",
+        c.log()
+    );
+    let lease = check_claim(
+        &host,
+        &format!("default/{id}"),
+        &std::fs::read_to_string(&seen).unwrap(),
+    );
+    assert_hook_free(&bundle_of(&host, id));
+    let pid = delegate_pid(&c, id).expect("the delegate shim's process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    lease_gone_within_a_second(&host, "SIGKILL of the delegate");
+    check_released(&host, &lease);
+    let log = host.log();
+    assert!(log.contains("delete: released, vfs: 1"), "{log}");
+    let _ = c.ctr(&["tasks", "rm", "-f", id], T);
+    let _ = c.ctr(&["containers", "rm", id], T);
 }
 
 #[test]
