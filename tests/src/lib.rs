@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use kata_sriov::pci::PciAddress;
 use kata_sriov::testing::{FakeSysfs, FileNetlink};
 
+pub mod cri;
 pub mod engines;
 
 pub struct FakeHost {

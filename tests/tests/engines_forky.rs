@@ -10,7 +10,10 @@
 //! pool `fast` that keeps the MAC, so no netlink call) and checks what the
 //! engine and the kernel report: the VFIO node in the container, the lease
 //! and the VF on vfio-pci while it runs, no lease and the VF back on igbvf
-//! after the container is gone. The Docker network driver on Docker 28 is in
+//! after the container is gone. The CRI row drives containerd 2.1's CRI
+//! plugin with our own client (tests/src/cri.rs): a pod whose handler
+//! `configure containerd` made gets the VF in its sandbox and gives it back
+//! when it is removed. The Docker network driver on Docker 28 is in
 //! docker_dockerd.rs. Each test skips (saying so) when the root is not built
 //! and `CI` is unset; under CI a missing root fails. Needs root.
 
@@ -24,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use kata_sriov_tests::engines::{major, ok, tar_of, Containerd, Dockerd, Engines};
+use kata_sriov_tests::cri::{v1 as cri, Cri};
+use kata_sriov_tests::engines::{major, oci_image_tar, ok, tar_of, Containerd, Dockerd, Engines};
 use kata_sriov_tests::{eventually, output_within, workspace_bin, FakeHost, FakeKernel};
 use netdev_support::busybox_rootfs;
 
@@ -124,6 +128,26 @@ fn check_released(host: &FakeHost, lease: &Value) {
     }
 }
 
+/// `path`'s spec (JSON), and that its `linux.devices` has the claimed VF's
+/// VFIO group node.
+fn spec_with_node(host: &FakeHost, lease: &Value, path: &Path) -> Value {
+    let spec: Value = serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    let g = host.group_of(lease["vf"].as_str().unwrap().parse().unwrap());
+    let node = format!("/dev/vfio/{g}");
+    assert!(
+        spec["linux"]["devices"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["path"] == node.as_str())),
+        "{node} not in {}'s linux.devices: {}",
+        path.display(),
+        spec["linux"]["devices"]
+    );
+    spec
+}
+
 fn timed(what: &str, t: Instant) {
     eprintln!("{what}: {} ms", t.elapsed().as_millis());
 }
@@ -219,6 +243,292 @@ fn containerd_2_ctr_run_through_our_shim_gets_the_vf_and_gives_it_back() {
     assert!(log.contains("start: claimed"), "{log}");
     assert!(!bundle.exists(), "containerd left the bundle");
     timed("containerd 2 row", t0);
+}
+
+/// The image both the CRI sandbox (as the pinned sandbox image) and the
+/// pod's container run.
+const CRI_IMAGE: &str = "docker.io/library/ks-bb:1";
+
+/// The CRI plugin's settings a node without a registry needs: the native
+/// snapshotter (the test's state is on tmpfs), a local sandbox image, and
+/// no oom_score_adj below containerd's own (the pause container's -998
+/// needs CAP_SYS_RESOURCE, which a test machine in a container may lack).
+fn cri_config(engines: &Engines, dir: &Path) -> String {
+    format!(
+        "{}[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n\
+         [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{CRI_IMAGE}\"\n\
+         [plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = true\n",
+        Containerd::base_config(engines, dir, true)
+    )
+}
+
+/// A pod on the node's network (no CNI here) whose annotations ask for a
+/// VF.
+fn pod_config(annotations: &[(&str, &str)]) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "vf-pod".into(),
+            uid: "6b1f6e62-0000-4000-8000-000000000001".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: String::new(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node.into(),
+                    pid: cri::NamespaceMode::Pod.into(),
+                    ipc: cri::NamespaceMode::Pod.into(),
+                }),
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn containerd_2_cri_runtime_handler_from_configure_gives_the_pod_its_vf_and_takes_it_back() {
+    let Some(engines) = Engines::forky("containerd 2.1 CRI") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (host, _kernel) = fake_host();
+    let bin = shim_dir(&host);
+    let dir = host.path().join("containerd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.toml");
+    std::fs::write(&cfg, cri_config(&engines, &dir)).unwrap();
+    // The runtime handler, with our annotations in pod_annotations, as an
+    // admin gets it.
+    kata_sriov(
+        &host,
+        &["configure", "containerd", "--file", cfg.to_str().unwrap()],
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.kata-sriov]"),
+        "{text}"
+    );
+    let c = Containerd::start_with(
+        &engines,
+        &dir,
+        &cfg,
+        Some(&bin),
+        &[("KATA_SRIOV_CONFIG", &host.config)],
+    );
+    let rootfs = host.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = host.path().join("bb.tar");
+    oci_image_tar(&rootfs, CRI_IMAGE, &["sleep", "300"], &tar);
+    let t = Instant::now();
+    ok(
+        "ctr images import",
+        &c.ctr(
+            &[
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                // Not through the transfer service, which unpacks only
+                // for the snapshotters of its unpack_config.
+                "--local",
+                "--snapshotter",
+                "native",
+                tar.to_str().unwrap(),
+            ],
+            T,
+        ),
+    );
+    timed("ctr -n k8s.io images import", t);
+    let api = Cri::connect(&c.sock).unwrap();
+    let v = api
+        .call(|mut c| async move {
+            c.version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+        })
+        .unwrap();
+    eprintln!(
+        "CRI: {} {} ({})",
+        v.runtime_name, v.runtime_version, v.runtime_api_version
+    );
+    assert!(major(&v.runtime_version) >= 2, "{v:?}");
+
+    // An unknown handler is refused and claims nothing.
+    let pod = pod_config(&[(REQUEST, POOL)]);
+    let p = pod.clone();
+    let e = api
+        .call(|mut c| async move {
+            c.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(p),
+                runtime_handler: "no-such-handler".into(),
+            })
+            .await
+        })
+        .unwrap_err();
+    assert!(e.message().contains("no-such-handler"), "{e}");
+    assert!(host.leases().is_empty());
+
+    let t = Instant::now();
+    let p = pod.clone();
+    let sandbox = api
+        .call(|mut c| async move {
+            c.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(p),
+                runtime_handler: "kata-sriov".into(),
+            })
+            .await
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "RunPodSandbox: {e}\ncontainerd:\n{}\nlog:\n{}",
+                c.log(),
+                host.log()
+            )
+        })
+        .pod_sandbox_id;
+    timed("RunPodSandbox (claim, start the sandbox)", t);
+    // The sandbox holds the VF: its lease, the spec runc got, and the
+    // sandbox's own /dev/vfio as the kernel shows it.
+    let bundle = dir.join(format!(
+        "state/io.containerd.runtime.v2.task/k8s.io/{sandbox}"
+    ));
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        spec["annotations"]["io.kubernetes.cri.container-type"], "sandbox",
+        "{}",
+        spec["annotations"]
+    );
+    assert_eq!(
+        spec["annotations"][REQUEST], POOL,
+        "pod_annotations did not pass it"
+    );
+    let pid = std::fs::read_to_string(bundle.join("init.pid")).unwrap();
+    let ls = output_within(
+        Command::new("ls")
+            .arg("-ln")
+            .arg(format!("/proc/{}/root/dev/vfio/", pid.trim())),
+        T,
+    );
+    let ls = ok("ls the sandbox's /dev/vfio", &ls);
+    let lease = check_claim(&host, &format!("k8s.io/{sandbox}"), &ls);
+    spec_with_node(&host, &lease, &bundle.join("config.json"));
+
+    // A container of the pod: it runs, and the sandbox keeps the one claim.
+    let t = Instant::now();
+    let (sb, p) = (sandbox.clone(), pod.clone());
+    let ctr = api
+        .call(|mut c| async move {
+            c.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sb,
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "app".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: CRI_IMAGE.into(),
+                        ..Default::default()
+                    }),
+                    command: vec!["sleep".into(), "300".into()],
+                    ..Default::default()
+                }),
+                sandbox_config: Some(p),
+            })
+            .await
+        })
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\ncontainerd:\n{}", c.log()))
+        .container_id;
+    let id = ctr.clone();
+    api.call(|mut c| async move {
+        c.start_container(cri::StartContainerRequest { container_id: id })
+            .await
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "StartContainer: {e}\ncontainerd:\n{}\nlog:\n{}",
+            c.log(),
+            host.log()
+        )
+    });
+    timed("CreateContainer + StartContainer", t);
+    let id = ctr.clone();
+    let st = api
+        .call(|mut c| async move {
+            c.container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+        })
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.state(), cri::ContainerState::ContainerRunning, "{st:?}");
+    let id = ctr.clone();
+    let exec = api
+        .call(|mut c| async move {
+            c.exec_sync(cri::ExecSyncRequest {
+                container_id: id,
+                cmd: vec!["cat".into(), "/proc/self/cgroup".into()],
+                timeout: 30,
+            })
+            .await
+        })
+        .unwrap();
+    assert_eq!(exec.exit_code, 0, "{exec:?}");
+    // containerd 2.x hands a pod's containers to the sandbox's shim (no
+    // second `start`): still the sandbox's one claim, and the container's
+    // spec names that sandbox.
+    assert_eq!(host.leases().len(), 1, "{:?}", host.leases());
+    assert_eq!(
+        host.log().matches("start: claimed").count(),
+        1,
+        "{}",
+        host.log()
+    );
+    let cspec: Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!(
+            "state/io.containerd.runtime.v2.task/k8s.io/{ctr}/config.json"
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cspec["annotations"]["io.kubernetes.cri.sandbox-id"],
+        sandbox.as_str()
+    );
+
+    let t = Instant::now();
+    let sb = sandbox.clone();
+    api.call(|mut c| async move {
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sb })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\ncontainerd:\n{}", c.log()));
+    let sb = sandbox.clone();
+    api.call(|mut c| async move {
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sb })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\ncontainerd:\n{}", c.log()));
+    check_released(&host, &lease);
+    timed("StopPodSandbox + RemovePodSandbox (release)", t);
+    let list = api
+        .call(|mut c| async move {
+            c.list_containers(cri::ListContainersRequest { filter: None })
+                .await
+        })
+        .unwrap();
+    assert!(list.containers.is_empty(), "{list:?}");
+    assert!(!bundle.exists(), "containerd left the sandbox bundle");
+    timed("containerd 2 CRI row", t0);
 }
 
 #[test]
@@ -467,20 +777,8 @@ fn podman_5_hooks_from_configure_podman_claim_in_precreate_and_give_the_vf_back(
     let bundle_spec = host.path().join(format!(
         "podman/storage/vfs-containers/{id}/userdata/config.json"
     ));
-    let spec: Value = serde_json::from_slice(
-        &std::fs::read(&bundle_spec).unwrap_or_else(|e| panic!("{}: {e}", bundle_spec.display())),
-    )
-    .unwrap();
+    let spec = spec_with_node(&host, &lease, &bundle_spec);
     assert_eq!(spec["annotations"]["io.kata-sriov.owner"], owner.as_str());
-    let g = host.group_of(lease["vf"].as_str().unwrap().parse().unwrap());
-    let node = format!("/dev/vfio/{g}");
-    assert!(
-        spec["linux"]["devices"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|d| d["path"] == node.as_str())),
-        "{node} not in the spec's linux.devices: {}",
-        spec["linux"]["devices"]
-    );
 
     let t = Instant::now();
     p.ok(&["rm", "-f", "-t", "0", &id]);
