@@ -13,7 +13,10 @@
 //! after the container is gone. The CRI row drives containerd 2.1's CRI
 //! plugin with our own client (tests/src/cri.rs): a pod whose handler
 //! `configure containerd` made gets the VF in its sandbox and gives it back
-//! when it is removed. The Docker network driver on Docker 28 is in
+//! when it is removed. The CDI rows hand a VF claimed by `kata-sriov cdi
+//! claim` to `docker run --device` and `podman run --device` and check the
+//! node in the container, then the spec gone and the VF back after `cdi
+//! release`. The Docker network driver on Docker 28 is in
 //! docker_dockerd.rs. Each test skips (saying so) when the root is not built
 //! and `CI` is unset; under CI a missing root fails. Needs root.
 
@@ -146,6 +149,20 @@ fn spec_with_node(host: &FakeHost, lease: &Value, path: &Path) -> Value {
         spec["linux"]["devices"]
     );
     spec
+}
+
+/// `run --rm --network none ARGS...` for docker and podman.
+fn run_rm<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&["run", "--rm", "--network", "none"][..], args].concat()
+}
+
+/// A busybox rootfs tarred for `docker import` / `podman import`.
+fn busybox_tar(host: &FakeHost) -> PathBuf {
+    let rootfs = host.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = host.path().join("bb.tar");
+    tar_of(&rootfs, &tar);
+    tar
 }
 
 fn timed(what: &str, t: Instant) {
@@ -581,10 +598,7 @@ fn docker_28_runtime_from_configure_docker_gets_the_vf_and_gives_it_back() {
     let info = d.ok(&["info", "--format", "{{json .Runtimes}}"]);
     assert!(info.contains("kata-sriov"), "docker info runtimes: {info}");
 
-    let rootfs = host.path().join("rootfs");
-    busybox_rootfs(&rootfs);
-    let tar = host.path().join("bb.tar");
-    tar_of(&rootfs, &tar);
+    let tar = busybox_tar(&host);
     d.ok(&["import", tar.to_str().unwrap(), "ks-bb:1"]);
 
     let req = format!("{REQUEST}={POOL}");
@@ -631,6 +645,104 @@ fn docker_28_runtime_from_configure_docker_gets_the_vf_and_gives_it_back() {
     timed("docker kill, --rm (release)", t);
     assert!(host.log().contains("start: claimed"), "{}", host.log());
     timed("Docker 28 runtimeType row", t0);
+}
+
+/// `kata-sriov cdi claim --pool fast --name NAME`: the qualified name it
+/// printed, the spec it wrote (checked against the lease) and the lease.
+fn cdi_claim(host: &FakeHost, name: &str) -> (String, Value) {
+    let qualified = kata_sriov(host, &["cdi", "claim", "--pool", POOL, "--name", name])
+        .trim()
+        .to_owned();
+    assert_eq!(qualified, format!("kata-sriov.io/vf={name}"));
+    let spec_path = cdi_spec(host, name);
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    assert_eq!(spec["kind"], "kata-sriov.io/vf", "{spec}");
+    assert_eq!(spec["devices"][0]["name"], name, "{spec}");
+    let leases = host.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["owner"], format!("cdi/{name}"));
+    (qualified, leases[0].clone())
+}
+
+fn cdi_spec(host: &FakeHost, name: &str) -> PathBuf {
+    host.path().join(format!("cdi/kata-sriov-cdi-{name}.json"))
+}
+
+/// `kata-sriov cdi release NAME`: the spec gone, the VF back.
+fn cdi_release(host: &FakeHost, name: &str, lease: &Value) {
+    let out = kata_sriov(host, &["cdi", "release", name]);
+    assert!(
+        out.contains(&format!("released {}", lease["vf"].as_str().unwrap())),
+        "{out}"
+    );
+    assert!(!cdi_spec(host, name).exists(), "spec left after release");
+    check_released(host, lease);
+}
+
+#[test]
+fn docker_28_cdi_device_from_cdi_claim_sees_the_vf() {
+    let Some(engines) = Engines::forky("Docker 28 CDI") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (host, _kernel) = fake_host();
+    let cdi_dir = host.path().join("cdi");
+    let daemon_json = host.path().join("daemon.json");
+    std::fs::write(
+        &daemon_json,
+        serde_json::json!({
+            "bridge": "none", "iptables": false, "ip-masq": false, "ip6tables": false,
+            "storage-driver": "vfs", "cdi-spec-dirs": [cdi_dir],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let d = Dockerd::start(
+        &engines,
+        &host.path().join("docker"),
+        &daemon_json,
+        None,
+        &[],
+    );
+    let dirs = d.ok(&["info", "--format", "{{json .CDISpecDirs}}"]);
+    assert!(
+        dirs.contains(cdi_dir.to_str().unwrap()),
+        "docker info CDISpecDirs: {dirs}"
+    );
+    let tar = busybox_tar(&host);
+    d.ok(&["import", tar.to_str().unwrap(), "ks-bb:1"]);
+
+    // An unknown device is the engine's error; nothing is claimed.
+    let bad = d.docker(&run_rm(&[
+        "--device",
+        "kata-sriov.io/vf=nope",
+        "ks-bb:1",
+        "true",
+    ]));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("kata-sriov.io/vf=nope"),
+        "{bad:?}"
+    );
+
+    let t = Instant::now();
+    let (qualified, lease) = cdi_claim(&host, "web1");
+    timed("kata-sriov cdi claim", t);
+    let t = Instant::now();
+    let ls = d.ok(&run_rm(&[
+        "--device",
+        &qualified,
+        "ks-bb:1",
+        "ls",
+        "-l",
+        "/dev/vfio/",
+    ]));
+    timed("docker run --device (CDI)", t);
+    check_claim(&host, "cdi/web1", &ls);
+    let t = Instant::now();
+    cdi_release(&host, "web1", &lease);
+    timed("kata-sriov cdi release", t);
+    timed("Docker 28 CDI row", t0);
 }
 
 /// podman with its state under `dir` (the image store, and the `/run` that
@@ -716,22 +828,11 @@ fn podman_5_hooks_from_configure_podman_claim_in_precreate_and_give_the_vf_back(
     let version = p.ok(&["version", "--format", "{{.Client.Version}}"]);
     eprintln!("podman {}", version.trim());
     assert!(major(version.trim()) >= 5, "forky's podman is {version}");
-    let rootfs = host.path().join("rootfs");
-    busybox_rootfs(&rootfs);
-    let tar = host.path().join("bb.tar");
-    tar_of(&rootfs, &tar);
+    let tar = busybox_tar(&host);
     p.ok(&["import", tar.to_str().unwrap(), "localhost/ks-bb:1"]);
 
     // Without the annotation the hooks do not apply: no claim.
-    let plain = p.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "localhost/ks-bb:1",
-        "ls",
-        "/dev",
-    ]);
+    let plain = p.ok(&run_rm(&["localhost/ks-bb:1", "ls", "/dev"]));
     assert!(!plain.lines().any(|l| l == "vfio"), "{plain}");
     assert!(host.leased().is_empty());
 
@@ -785,4 +886,53 @@ fn podman_5_hooks_from_configure_podman_claim_in_precreate_and_give_the_vf_back(
     check_released(&host, &lease);
     timed("podman rm -f (poststop release)", t);
     timed("podman 5.8 row", t0);
+}
+
+#[test]
+fn podman_5_cdi_device_from_cdi_claim_sees_the_vf() {
+    let Some(engines) = Engines::forky("podman 5.8 CDI") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (host, _kernel) = fake_host();
+    let hooks = host.path().join("hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let p = Podman::new(&engines, &host.path().join("podman"), &hooks, &host.config);
+    let tar = busybox_tar(&host);
+    p.ok(&["import", tar.to_str().unwrap(), "localhost/ks-bb:1"]);
+    let cdi_dir = host.path().join("cdi");
+    let cdi_dir = cdi_dir.to_str().unwrap();
+
+    let t = Instant::now();
+    let (qualified, lease) = cdi_claim(&host, "db1");
+    timed("kata-sriov cdi claim", t);
+    let run_cdi = |cmd: &[&str]| {
+        let head = ["--device", &qualified, "localhost/ks-bb:1"];
+        let run = run_rm(&[&head[..], cmd].concat());
+        p.podman(&[&["--cdi-spec-dir", cdi_dir][..], &run].concat())
+    };
+    let t = Instant::now();
+    let ls = ok("podman run --device", &run_cdi(&["ls", "-l", "/dev/vfio/"]));
+    timed("podman run --device (CDI)", t);
+    check_claim(&host, "cdi/db1", &ls);
+    // The guest description reaches the container's environment.
+    let env = ok(
+        "podman run --device",
+        &run_cdi(&["sh", "-c", "echo $KATA_SRIOV_GUEST_NETWORKS_0000_3b_10_0"]),
+    );
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(cdi_spec(&host, "db1")).unwrap()).unwrap();
+    let want = &spec["devices"][0]["annotations"]["io.kata-sriov.guest-networks"];
+    assert!(
+        want.as_str().is_some_and(|w| w.contains("pci_id")),
+        "{spec}"
+    );
+    assert_eq!(env.trim(), want.as_str().unwrap(), "{spec}");
+    let t = Instant::now();
+    cdi_release(&host, "db1", &lease);
+    timed("kata-sriov cdi release", t);
+    // Released: the engine no longer resolves the name.
+    let gone = run_cdi(&["true"]);
+    assert!(!gone.status.success(), "{gone:?}");
+    timed("podman 5.8 CDI row", t0);
 }
