@@ -315,7 +315,18 @@ fn containerd_runtime_entry() {
         c.status == Status::Fail && c.message.contains("io.containerd.kata.v2"),
         "{c:?}"
     );
+    // Without our annotations in pod_annotations a pod's request is lost.
     fs::write(&f, "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata-sriov]\nruntime_type = 'io.containerd.kata-sriov.v2'\n").unwrap();
+    let c = l
+        .run("", CMDLINE)
+        .get("containerd.runtime")
+        .cloned()
+        .unwrap();
+    assert!(
+        c.status == Status::Fail && c.message.contains("pod_annotations"),
+        "{c:?}"
+    );
+    fs::write(&f, "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata-sriov]\nruntime_type = 'io.containerd.kata-sriov.v2'\npod_annotations = ['io.kata-sriov.*']\n").unwrap();
     assert_eq!(st(&l.run("", CMDLINE), "containerd.runtime"), Status::Ok);
 }
 

@@ -279,6 +279,131 @@ fn cri_config(engines: &Engines, dir: &Path) -> String {
     )
 }
 
+/// `kata-sriov configure containerd` and `check` against the forky root's
+/// own containerd 2.1 and its shipped `/etc/containerd/config.toml`
+/// (`version = 2`), in one private instance of the root: a drop-in of the
+/// same version, imported; a second run changes nothing; `containerd config
+/// dump` loads the result; `check` reads it; an unparsable main config is
+/// named and nothing is written.
+#[test]
+fn containerd_2_configure_writes_an_imported_dropin_that_containerd_loads_and_check_reads() {
+    let Some(engines) = Engines::forky("configure containerd on containerd 2.1") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (host, _kernel) = fake_host();
+    let out = host.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = format!(
+        r#"set -u
+ks() {{ {ks} --config {cfg} "$@"; }}
+O={out}
+cp /etc/containerd/config.toml $O/shipped.toml
+ks configure containerd --dry-run >$O/dry.txt 2>&1; echo $? >$O/dry.rc
+test -e /etc/containerd/conf.d/kata-sriov.toml && echo written-by-dry-run >$O/dry.rc
+ks configure containerd >$O/first.txt 2>&1; echo $? >$O/first.rc
+ks configure containerd >$O/second.txt 2>&1; echo $? >$O/second.rc
+cp /etc/containerd/config.toml $O/main.toml
+cp /etc/containerd/conf.d/kata-sriov.toml $O/dropin.toml
+containerd config dump >$O/dump.toml 2>$O/dump.err; echo $? >$O/dump.rc
+ks check --json >$O/check.json 2>/dev/null
+printf 'version = 2
+[plugins
+' >/etc/containerd/config.toml
+rm /etc/containerd/conf.d/kata-sriov.toml
+ks configure containerd >$O/bad.txt 2>&1; echo $? >$O/bad.rc
+test -e /etc/containerd/conf.d/kata-sriov.toml && echo written >>$O/bad.rc
+ks check --json >$O/check-bad.json 2>/dev/null
+exit 0
+"#,
+        ks = workspace_bin("kata-sriov").display(),
+        cfg = host.config.display(),
+        out = out.display(),
+    );
+    let t = Instant::now();
+    ok("the script", &engines.output("sh", &["-c", &script], T));
+    timed(
+        "configure twice, config dump, check, bad config (one forky run)",
+        t,
+    );
+    let read =
+        |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let shipped = read("shipped.toml");
+    assert!(shipped.starts_with("version = 2"), "forky ships: {shipped}");
+    let dropin_path = "/etc/containerd/conf.d/kata-sriov.toml";
+    assert_eq!(read("dry.rc").trim(), "0", "{}", read("dry.txt"));
+    assert!(
+        read("dry.txt").contains(&format!("+++ {dropin_path}")),
+        "{}",
+        read("dry.txt")
+    );
+    assert_eq!(read("first.rc").trim(), "0", "{}", read("first.txt"));
+    assert!(
+        read("first.txt").contains("containerd 2.1"),
+        "{}",
+        read("first.txt")
+    );
+    assert_eq!(read("second.rc").trim(), "0");
+    assert!(
+        read("second.txt")
+            .lines()
+            .filter(|l| l.contains("already configured, no change"))
+            .count()
+            == 2,
+        "{}",
+        read("second.txt")
+    );
+    let dropin = read("dropin.toml");
+    assert!(dropin.starts_with("version = 2\n"), "{dropin}");
+    assert!(read("main.toml").contains(&format!("imports = [\"{dropin_path}\"]")));
+    assert_eq!(read("dump.rc").trim(), "0", "{}", read("dump.err"));
+    let dump = read("dump.toml");
+    let ks = dump
+        .split("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata-sriov]")
+        .nth(1)
+        .or_else(|| {
+            dump.split("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.kata-sriov]")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("containerd 2.1 does not see the runtime:\n{dump}"));
+    let ks = ks.split("\n\n").next().unwrap();
+    assert!(ks.contains("io.containerd.kata-sriov.v2"), "{ks}");
+    assert!(ks.contains("io.kata-sriov.*"), "{ks}");
+    let runtime_check = |f: &str| -> Value {
+        let r: Value = serde_json::from_str(&read(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        r["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["id"] == "containerd.runtime"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no containerd.runtime in {r}"))
+    };
+    let c = runtime_check("check.json");
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("config dump"),
+        "{c}"
+    );
+    // An unparsable main config: named, nothing written, and check says
+    // containerd cannot load it.
+    assert_ne!(read("bad.rc").trim(), "0");
+    assert!(
+        !read("bad.rc").contains("written"),
+        "configure wrote the drop-in"
+    );
+    assert!(
+        read("bad.txt").contains("/etc/containerd/config.toml"),
+        "{}",
+        read("bad.txt")
+    );
+    let c = runtime_check("check-bad.json");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("cannot load"),
+        "{c}"
+    );
+    timed("configure containerd 2.1 row", t0);
+}
+
 /// A pod on the node's network (no CNI here) whose annotations ask for a
 /// VF.
 fn pod_config(annotations: &[(&str, &str)]) -> cri::PodSandboxConfig {
@@ -320,15 +445,30 @@ fn containerd_2_cri_runtime_handler_from_configure_gives_the_pod_its_vf_and_take
     let cfg = dir.join("config.toml");
     std::fs::write(&cfg, cri_config(&engines, &dir)).unwrap();
     // The runtime handler, with our annotations in pod_annotations, as an
-    // admin gets it.
-    kata_sriov(
-        &host,
-        &["configure", "containerd", "--file", cfg.to_str().unwrap()],
+    // admin of this containerd 2.1 gets it: a drop-in, imported.
+    let o = engines.output(
+        workspace_bin("kata-sriov").to_str().unwrap(),
+        &[
+            "--config",
+            host.config.to_str().unwrap(),
+            "configure",
+            "containerd",
+            "--file",
+            cfg.to_str().unwrap(),
+        ],
+        T,
     );
-    let text = std::fs::read_to_string(&cfg).unwrap();
+    ok("kata-sriov configure containerd (in the forky root)", &o);
+    let dropin = dir.join("conf.d/kata-sriov.toml");
+    let text = std::fs::read_to_string(&dropin).unwrap();
     assert!(
         text.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.kata-sriov]"),
         "{text}"
+    );
+    let main = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        main.contains(&format!("imports = [{:?}]", dropin)),
+        "{main}"
     );
     let c = Containerd::start_with(
         &engines,
