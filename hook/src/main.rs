@@ -169,7 +169,11 @@ fn run(cli: Cli) -> Result<()> {
             let r = engine.gc()?;
             let specs = cdi::remove_orphans(&engine)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                let mut v = serde_json::to_value(&r)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("cdi_specs_removed".into(), serde_json::to_value(&specs)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for (vf, owner) in &r.released {
                     println!("released {vf} (owner {})", printable(owner));

@@ -517,6 +517,20 @@ fn cdi_claim_release_gc_and_bad_requests() {
         "{o:?}"
     );
     assert_eq!(cdi_specs(&host), ["kata-sriov-cdi-a1.json"]);
+    std::fs::copy(
+        host.path().join("cdi/kata-sriov-cdi-a1.json"),
+        host.path().join("cdi/kata-sriov-cdi-gone2.json"),
+    )
+    .unwrap();
+    let o = ks(&host, &["gc", "--json"], b"");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let removed = r["cdi_specs_removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{r}");
+    assert!(removed[0]
+        .as_str()
+        .unwrap()
+        .ends_with("kata-sriov-cdi-gone2.json"));
+    assert_eq!(cdi_specs(&host), ["kata-sriov-cdi-a1.json"]);
     assert_eq!(host.leased(), [host.vf(0)]);
 
     let o = ks(&host, &["cdi", "release", "a1"], b"");
