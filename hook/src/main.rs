@@ -14,7 +14,7 @@ use slog::{info, Logger};
 use kata_sriov::admin::status;
 use kata_sriov::engine::claim::Engine;
 use kata_sriov::error::printable;
-use kata_sriov::integrations::flow;
+use kata_sriov::integrations::{cdi, flow};
 use kata_sriov::json::MAX_INPUT_BYTES;
 use kata_sriov::kernel::netlink::KernelNetlink;
 use kata_sriov::kernel::sysfs::SysfsRoot;
@@ -77,12 +77,32 @@ enum Cmd {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// VFs for CDI-aware engines (`--device kata-sriov.io/vf=NAME`).
+    Cdi {
+        #[command(subcommand)]
+        action: CdiCmd,
+    },
     /// Docker network driver (libnetwork remote driver) on a unix socket.
     DockerPlugin {
         /// The socket; its file name is the driver's name in Docker.
         #[arg(long, default_value = kata_sriov::integrations::docker::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CdiCmd {
+    /// Claim a VF of POOL and write its CDI spec ([cdi] dir); prints the
+    /// fully qualified device name to pass to `--device`.
+    Claim {
+        #[arg(long)]
+        pool: String,
+        /// The device name (default: generated, `vf-<hex>`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Release the VF of CDI device NAME and delete its spec.
+    Release { name: String },
 }
 
 #[derive(Subcommand)]
@@ -147,8 +167,13 @@ fn run(cli: Cli) -> Result<()> {
             let h = host(&cfg)?;
             let engine = Engine::new(&cfg, &h.nl, &h.binder)?;
             let r = engine.gc()?;
+            let specs = cdi::remove_orphans(&engine)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                let mut v = serde_json::to_value(&r)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("cdi_specs_removed".into(), serde_json::to_value(&specs)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for (vf, owner) in &r.released {
                     println!("released {vf} (owner {})", printable(owner));
@@ -161,6 +186,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 for (vf, why) in &r.failed {
                     println!("failed {vf}: {}", printable(why));
+                }
+                for p in &specs {
+                    println!("removed {} (its CDI claim is gone)", p.display());
                 }
                 println!(
                     "gc: {} released, {} kept, {} quarantined, {} busy, {} failed",
@@ -181,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::DockerPlugin { socket } => docker_plugin(&cfg, &socket),
+        Cmd::Cdi { action } => cdi_cmd(&cfg, action),
         Cmd::Release { owner } => {
             let h = host(&cfg)?;
             let engine = Engine::new(&cfg, &h.nl, &h.binder)?;
@@ -190,6 +219,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             if done.is_empty() {
                 println!("{owner:?} holds no VF");
+            }
+            if let Some(name) = cdi::name_of(&owner) {
+                if let Some(p) = cdi::remove_spec(&engine, name)? {
+                    println!("removed {}", p.display());
+                }
             }
             Ok(())
         }
@@ -335,6 +369,40 @@ fn configure_cmd(
     }
     for n in &plan.notes {
         writeln!(out, "note: {n}")?;
+    }
+    Ok(())
+}
+
+fn cdi_cmd(cfg: &Config, action: CdiCmd) -> Result<()> {
+    let h = host(cfg)?;
+    let engine = Engine::new(cfg, &h.nl, &h.binder)?;
+    match action {
+        CdiCmd::Claim { pool, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => cdi::generate_name()?,
+            };
+            let c = cdi::claim(&engine, &pool, &name)?;
+            let vfs: Vec<String> = c.vfs.iter().map(|v| v.vf.to_string()).collect();
+            eprintln!(
+                "claimed {} for {}; spec {}",
+                vfs.join(", "),
+                c.qualified,
+                c.spec.display()
+            );
+            println!("{}", c.qualified);
+        }
+        CdiCmd::Release { name } => {
+            let r = cdi::release(&engine, &name)?;
+            for vf in &r.vfs {
+                println!("released {vf}");
+            }
+            match &r.spec {
+                Some(p) => println!("removed {}", p.display()),
+                None if r.vfs.is_empty() => bail!("no CDI claim named {name:?}"),
+                None => {}
+            }
+        }
     }
     Ok(())
 }

@@ -305,17 +305,20 @@ fn containerd_runtime_entry() {
         c.fix.as_ref().unwrap().contains("configure containerd"),
         "{c:?}"
     );
-    fs::write(&f, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-sriov]\nruntime_type = \"io.containerd.kata.v2\"\n").unwrap();
-    let c = l
-        .run("", CMDLINE)
-        .get("containerd.runtime")
-        .cloned()
-        .unwrap();
-    assert!(
-        c.status == Status::Fail && c.message.contains("io.containerd.kata.v2"),
-        "{c:?}"
-    );
-    fs::write(&f, "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata-sriov]\nruntime_type = 'io.containerd.kata-sriov.v2'\n").unwrap();
+    // A wrong runtime type; no annotations passed (a pod's request lost).
+    for (text, needle) in [
+        ("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-sriov]\nruntime_type = \"io.containerd.kata.v2\"\n", "io.containerd.kata.v2"),
+        ("version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata-sriov]\nruntime_type = 'io.containerd.kata-sriov.v2'\n", "pod_annotations"),
+    ] {
+        fs::write(&f, text).unwrap();
+        let c = l
+            .run("", CMDLINE)
+            .get("containerd.runtime")
+            .cloned()
+            .unwrap();
+        assert!(c.status == Status::Fail && c.message.contains(needle), "{c:?}");
+    }
+    fs::write(&f, "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata-sriov]\nruntime_type = 'io.containerd.kata-sriov.v2'\npod_annotations = ['io.kata-sriov.*']\n").unwrap();
     assert_eq!(st(&l.run("", CMDLINE), "containerd.runtime"), Status::Ok);
 }
 

@@ -226,7 +226,9 @@ fn containerd_2x_config_gets_the_cri_v1_runtime_table() {
         Some(true)
     );
     assert!(v["plugins"].get("io.containerd.grpc.v1.cri").is_none());
-    assert_eq!(check::check_containerd(&f).status, Status::Ok);
+    // The file alone: bookworm's containerd 1.6 cannot load version 3
+    // (engines_forky.rs checks it with containerd 2.1).
+    assert_eq!(check::check_containerd_with(&f, None).status, Status::Ok);
     assert!(!configure::plan(Target::Containerd, Some(&f), &cfg(""))
         .unwrap()
         .changed());
@@ -741,9 +743,17 @@ fn symlinked_config_is_edited_in_place_and_disabled_cri_is_reported() {
     let new = fs::read_to_string(&real).unwrap();
     assert!(new.contains("runtimes.kata-sriov]"), "{new}");
     assert!(configure::backup_path(&real).exists());
-    let c = check::check_containerd(&link);
+    let c = check::check_containerd_with(&link, None);
     assert_eq!(c.status, Status::Warn, "{c:?}");
     assert!(c.fix.unwrap().contains("disabled_plugins"));
+    // containerd itself (bookworm's 1.6) refuses the short name "cri" in a
+    // version 2 file: the effective-config check says so.
+    let c = check::check_containerd(&link);
+    assert_eq!(c.status, Status::Fail, "{c:?}");
+    assert!(
+        c.message.contains("cannot load") && c.message.contains("cri"),
+        "{c:?}"
+    );
 }
 
 #[test]
@@ -811,4 +821,127 @@ fn kata_env_list(dir: &Path, kata: Vec<PathBuf>) -> check::CheckEnv {
         kata_configs: kata,
         ..kata_env(dir, &dir.join("unused"))
     }
+}
+
+/// `configure containerd` as on a host with containerd `release`.
+fn setup_with(dir: &Path, release: (u32, u32)) -> configure::ContainerdSetup {
+    configure::ContainerdSetup {
+        shim: dir.join("bin/containerd-shim-kata-sriov-v2"),
+        kata_sriov_config: dir.join("kata-sriov.toml"),
+        path: None,
+        containerd: Some(release),
+    }
+}
+
+#[test]
+fn containerd_version_output_is_parsed() {
+    for (out, want) in [
+        (
+            "containerd github.com/containerd/containerd/v2 2.1.9+unknown \n",
+            Some((2, 1)),
+        ),
+        (
+            "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n",
+            Some((1, 6)),
+        ),
+        ("containerd containerd.io v2.2.0 1c4457e\n", Some((2, 2))),
+        ("containerd\n", None),
+        ("", None),
+    ] {
+        assert_eq!(configure::containerd_release(out), want, "{out:?}");
+    }
+}
+
+#[test]
+fn containerd_2x_gets_a_dropin_with_the_main_version_imported_before_2_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let dropin = dir.path().join("conf.d/kata-sriov.toml");
+    // containerd 2.1 with a version 2 main config (Debian forky ships one):
+    // a version 2 drop-in and an imports line for it.
+    let main = write(dir.path(), "config.toml", CONTAINERD_16);
+    let s21 = setup_with(dir.path(), (2, 1));
+    let plan = configure::plan_containerd(&main, &s21).unwrap();
+    let diff = plan.diff();
+    assert!(
+        diff.contains(&format!("+++ {}", dropin.display())),
+        "{diff}"
+    );
+    assert!(diff.contains(&format!("+++ {}", main.display())), "{diff}");
+    assert!(!dropin.exists(), "planning wrote the drop-in");
+    plan.apply().unwrap();
+    let d: toml::Value = toml::from_str(&fs::read_to_string(&dropin).unwrap()).unwrap();
+    assert_eq!(d["version"].as_integer(), Some(2));
+    let rt = &d["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["kata-sriov"];
+    assert_eq!(rt["runtime_type"].as_str(), Some(RUNTIME_TYPE), "{d}");
+    let new = fs::read_to_string(&main).unwrap();
+    keeps_every_line(CONTAINERD_16, &new);
+    let m: toml::Value = toml::from_str(&new).unwrap();
+    assert_eq!(
+        m["imports"].as_array().unwrap()[0].as_str(),
+        Some(dropin.to_str().unwrap())
+    );
+    assert!(!new.contains("runtimes.kata-sriov"), "{new}");
+    assert_eq!(check::check_containerd_with(&main, None).status, Status::Ok);
+    // Twice: nothing changes.
+    assert!(!configure::plan_containerd(&main, &s21).unwrap().changed());
+
+    // containerd 2.2 imports conf.d by default: the main file stays as it
+    // is, the drop-in gets the main file's version 3.
+    let dir = tempfile::tempdir().unwrap();
+    let dropin = dir.path().join("conf.d/kata-sriov.toml");
+    let main = write(dir.path(), "config.toml", CONTAINERD_2X);
+    let plan = configure::plan_containerd(&main, &setup_with(dir.path(), (2, 2))).unwrap();
+    plan.apply().unwrap();
+    assert_eq!(fs::read_to_string(&main).unwrap(), CONTAINERD_2X);
+    let d: toml::Value = toml::from_str(&fs::read_to_string(&dropin).unwrap()).unwrap();
+    assert_eq!(d["version"].as_integer(), Some(3));
+    assert!(
+        d["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["kata-sriov"]
+            ["pod_annotations"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("io.kata-sriov.*"))),
+        "{d}"
+    );
+
+    // An imports glob that covers the drop-in already: no second entry.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("imports = [\"conf.d/*.toml\"]\n{CONTAINERD_2X}");
+    let main = write(dir.path(), "config.toml", &text);
+    configure::plan_containerd(&main, &setup_with(dir.path(), (2, 0)))
+        .unwrap()
+        .apply()
+        .unwrap();
+    assert_eq!(fs::read_to_string(&main).unwrap(), text);
+}
+
+#[test]
+fn containerd_2x_unparsable_main_or_dropin_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup_with(dir.path(), (2, 1));
+    let dropin = dir.path().join("conf.d/kata-sriov.toml");
+    let bad = write(dir.path(), "config.toml", "version = 3\n[plugins\n");
+    let e = configure::plan_containerd(&bad, &s)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(bad.to_str().unwrap()) && e.contains("TOML"),
+        "{e}"
+    );
+    assert!(!dropin.exists());
+
+    let main = write(dir.path(), "config.toml", CONTAINERD_2X);
+    fs::create_dir_all(dropin.parent().unwrap()).unwrap();
+    fs::write(&dropin, "version = 3\nplugins = [\n").unwrap();
+    let e = configure::plan_containerd(&main, &s)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(dropin.to_str().unwrap()) && e.contains("TOML"),
+        "{e}"
+    );
+    assert_eq!(fs::read_to_string(&main).unwrap(), CONTAINERD_2X);
+    assert_eq!(
+        fs::read_to_string(&dropin).unwrap(),
+        "version = 3\nplugins = [\n"
+    );
 }

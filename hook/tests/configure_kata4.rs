@@ -68,6 +68,7 @@ fn setup(dir: &Path) -> ContainerdSetup {
         shim: dir.join("bin/containerd-shim-kata-sriov-v2"),
         kata_sriov_config: dir.join("etc/kata-sriov/config.toml"),
         path: None,
+        containerd: None,
     }
 }
 

@@ -181,7 +181,7 @@ fn path_with(dir: Option<&Path>) -> OsString {
 }
 
 /// A private containerd: its own root, state and sockets under `dir`, the
-/// CRI plugin off. Config `version = 2` for the host's 1.6, `version = 3`
+/// CRI plugin off (or a config of the caller's: [`Containerd::start_with`]). Config `version = 2` for the host's 1.6, `version = 3`
 /// for the forky root's 2.x.
 pub struct Containerd {
     daemon: Daemon,
@@ -199,30 +199,46 @@ impl Containerd {
         bin: Option<&Path>,
         env: &[(&str, &Path)],
     ) -> Containerd {
-        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let sock = dir.join("c.sock");
         let cfg = dir.join("config.toml");
-        let (version, disabled) = if engines.is_forky() {
-            (
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::write(&cfg, Containerd::base_config(engines, dir, false))
+            .unwrap_or_else(|e| panic!("{}: {e}", cfg.display()));
+        Containerd::start_with(engines, dir, &cfg, bin, env)
+    }
+
+    /// The config [`Containerd::start`] uses: root, state and sockets under
+    /// `dir`, the CRI plugin off unless `cri` (forky's 2.x only, which this
+    /// `version = 3` text is for when `cri`).
+    pub fn base_config(engines: &Engines, dir: &Path, cri: bool) -> String {
+        let (version, disabled) = match (engines.is_forky(), cri) {
+            (true, true) => (3, r#"["io.containerd.snapshotter.v1.btrfs"]"#),
+            (true, false) => (
                 3,
                 r#"["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs"]"#,
-            )
-        } else {
-            (2, r#"["io.containerd.grpc.v1.cri"]"#)
-        };
-        std::fs::write(
-            &cfg,
-            format!(
-                "version = {version}\nroot = {:?}\nstate = {:?}\ndisabled_plugins = {disabled}\n[grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n",
-                dir.join("root"),
-                dir.join("state"),
-                sock,
-                dir.join("c.sock.ttrpc"),
             ),
+            (false, _) => (2, r#"["io.containerd.grpc.v1.cri"]"#),
+        };
+        format!(
+            "version = {version}\nroot = {:?}\nstate = {:?}\ndisabled_plugins = {disabled}\n[grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n",
+            dir.join("root"),
+            dir.join("state"),
+            dir.join("c.sock"),
+            dir.join("c.sock.ttrpc"),
         )
-        .unwrap_or_else(|e| panic!("{}: {e}", cfg.display()));
+    }
+
+    /// containerd with the config file `cfg` (whose `[grpc]` address must
+    /// be `dir/c.sock`, as [`Containerd::base_config`] says).
+    pub fn start_with(
+        engines: &Engines,
+        dir: &Path,
+        cfg: &Path,
+        bin: Option<&Path>,
+        env: &[(&str, &Path)],
+    ) -> Containerd {
+        let sock = dir.join("c.sock");
         let mut cmd = engines.command("containerd");
-        cmd.arg("--config").arg(&cfg).env("PATH", path_with(bin));
+        cmd.arg("--config").arg(cfg).env("PATH", path_with(bin));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -359,4 +375,85 @@ pub fn tar_of(dir: &Path, tar: &Path) {
         Duration::from_secs(60),
     );
     ok("tar", &o);
+}
+
+/// `sha256sum FILE`: its digest and size.
+fn digest_of(file: &Path) -> (String, u64) {
+    let o = output_within(Command::new("sha256sum").arg(file), Duration::from_secs(60));
+    let out = ok("sha256sum", &o);
+    let hex = out.split_whitespace().next().unwrap_or_default().to_owned();
+    assert_eq!(hex.len(), 64, "sha256sum {}: {out}", file.display());
+    let len = std::fs::metadata(file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .len();
+    (format!("sha256:{hex}"), len)
+}
+
+/// Writes `json` as the blob it is in the OCI layout `dir`; its descriptor.
+fn blob(dir: &Path, media_type: &str, json: &serde_json::Value) -> serde_json::Value {
+    let tmp = dir.join("blob.tmp");
+    std::fs::write(&tmp, json.to_string()).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    descriptor(dir, media_type, &tmp)
+}
+
+/// Moves `file` into the OCI layout `dir` under its digest; its descriptor.
+fn descriptor(dir: &Path, media_type: &str, file: &Path) -> serde_json::Value {
+    let (digest, size) = digest_of(file);
+    let to = dir.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    std::fs::rename(file, &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    serde_json::json!({"mediaType": media_type, "digest": digest, "size": size})
+}
+
+/// An OCI image archive (an image layout, tarred) of one uncompressed
+/// layer holding `rootfs`, named `name` (a full reference such as
+/// `docker.io/library/ks-bb:1`) for `ctr images import`, whose command is
+/// `cmd`; for this machine's architecture.
+pub fn oci_image_tar(rootfs: &Path, name: &str, cmd: &[&str], tar: &Path) {
+    let layout = tar.with_extension("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap_or_else(|e| panic!("{}: {e}", blobs.display()));
+    let layer_tar = layout.join("layer.tar");
+    tar_of(rootfs, &layer_tar);
+    let layer = descriptor(
+        &layout,
+        "application/vnd.oci.image.layer.v1.tar",
+        &layer_tar,
+    );
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let config = blob(
+        &layout,
+        "application/vnd.oci.image.config.v1+json",
+        &serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+        }),
+    );
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let mut manifest = blob(
+        &layout,
+        manifest_type,
+        &serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": config,
+            "layers": [layer],
+        }),
+    );
+    manifest["annotations"] = serde_json::json!({"io.containerd.image.name": name});
+    manifest["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [manifest]});
+    for (f, text) in [
+        ("index.json", index.to_string()),
+        ("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#.to_owned()),
+    ] {
+        let p = layout.join(f);
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    tar_of(&layout, tar);
 }

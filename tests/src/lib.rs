@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use kata_sriov::pci::PciAddress;
 use kata_sriov::testing::{FakeSysfs, FileNetlink};
 
+pub mod cri;
 pub mod engines;
 
 pub struct FakeHost {
@@ -29,8 +30,8 @@ pub struct FakeHost {
 }
 
 impl FakeHost {
-    /// A PF `ens1f0` with `vfs` VFs on `vf_driver`, and a config with
-    /// `extra` appended (pools, `[hook]` ...).
+    /// A PF `ens1f0` with `vfs` VFs on `vf_driver`, and a config (CDI
+    /// specs in `<dir>/cdi`) with `extra` appended (pools, `[hook]` ...).
     pub fn new(vfs: u32, vf_driver: &str, extra: &str) -> FakeHost {
         let dir = tempfile::Builder::new()
             .prefix("ks-e2e")
@@ -46,10 +47,11 @@ impl FakeHost {
         nl.add_pf("ens1f0", vfs);
         let config = dir.path().join("config.toml");
         let text = format!(
-            "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n{extra}",
+            "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\ncdi.dir = {:?}\n{extra}",
             dir.path().join("state"),
             sys,
-            dev
+            dev,
+            dir.path().join("cdi"),
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("config: {e}"));
         FakeHost {

@@ -411,3 +411,148 @@ fn owners_with_control_characters_never_reach_the_terminal() {
     let text = String::from_utf8_lossy(&ks(&host, &["status"], b"").stdout).into_owned();
     assert!(text.contains("\\u{1b}[2J"), "{text}");
 }
+
+/// The spec files in the fake host's CDI directory.
+fn cdi_specs(host: &FakeHost) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(host.path().join("cdi"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn cdi_claim_release_gc_and_bad_requests() {
+    let host = host(2);
+    let long = "a".repeat(300);
+    for (args, needle) in [
+        (
+            vec!["--pool", "fast", "--name", "../x"],
+            "invalid CDI device name",
+        ),
+        (
+            vec!["--pool", "fast", "--name=-a"],
+            "invalid CDI device name",
+        ),
+        (
+            vec!["--pool", "fast", "--name", "a b"],
+            "invalid CDI device name",
+        ),
+        (
+            vec!["--pool", "fast", "--name", ""],
+            "invalid CDI device name",
+        ),
+        (
+            vec!["--pool", "fast", "--name", &long],
+            "invalid CDI device name",
+        ),
+        (
+            vec!["--pool", "nope", "--name", "a1"],
+            "no pool named \"nope\"",
+        ),
+        (vec!["--pool", "../p", "--name", "a1"], "pool name \"../p\""),
+    ] {
+        let o = ks(&host, &[&["cdi", "claim"][..], &args].concat(), b"");
+        assert_rejected(&host, &o, needle);
+        assert!(cdi_specs(&host).is_empty(), "{args:?} wrote a spec");
+    }
+
+    let o = ks(
+        &host,
+        &["cdi", "claim", "--pool", "fast", "--name", "a1"],
+        b"",
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "kata-sriov.io/vf=a1\n");
+    assert_eq!(cdi_specs(&host), ["kata-sriov-cdi-a1.json"]);
+    let spec: Value = serde_json::from_slice(
+        &std::fs::read(host.path().join("cdi/kata-sriov-cdi-a1.json")).unwrap(),
+    )
+    .unwrap();
+    let group = host.fake.root().iommu_group(host.vf(0)).unwrap().unwrap();
+    let nodes = &spec["devices"][0]["containerEdits"]["deviceNodes"];
+    assert_eq!(nodes[1]["path"], format!("/dev/vfio/{group}"), "{spec}");
+    assert_eq!(nodes[1]["minor"], group, "{spec}");
+    assert_eq!(host.leased(), [host.vf(0)]);
+
+    // The same name twice: refused, the first claim untouched.
+    let o = ks(
+        &host,
+        &["cdi", "claim", "--pool", "fast", "--name", "a1"],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already claimed"),
+        "{o:?}"
+    );
+    assert_eq!(host.leased(), [host.vf(0)]);
+
+    // A generated name; `release cdi/NAME` deletes its spec as well.
+    let o = ks(&host, &["cdi", "claim", "--pool", "fast"], b"");
+    assert!(o.status.success(), "{o:?}");
+    let q = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let name = q.strip_prefix("kata-sriov.io/vf=vf-").unwrap();
+    assert_eq!(name.len(), 12, "{q}");
+    assert_eq!(cdi_specs(&host).len(), 2);
+    let o = ks(&host, &["release", &format!("cdi/vf-{name}")], b"");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(cdi_specs(&host), ["kata-sriov-cdi-a1.json"]);
+    assert_eq!(host.leased(), [host.vf(0)]);
+
+    // gc deletes a spec of ours whose claim is gone, keeps a1's.
+    std::fs::copy(
+        host.path().join("cdi/kata-sriov-cdi-a1.json"),
+        host.path().join("cdi/kata-sriov-cdi-gone.json"),
+    )
+    .unwrap();
+    let o = ks(&host, &["gc"], b"");
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("kata-sriov-cdi-gone.json"),
+        "{o:?}"
+    );
+    assert_eq!(cdi_specs(&host), ["kata-sriov-cdi-a1.json"]);
+    std::fs::copy(
+        host.path().join("cdi/kata-sriov-cdi-a1.json"),
+        host.path().join("cdi/kata-sriov-cdi-gone2.json"),
+    )
+    .unwrap();
+    let o = ks(&host, &["gc", "--json"], b"");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let removed = r["cdi_specs_removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{r}");
+    assert!(removed[0]
+        .as_str()
+        .unwrap()
+        .ends_with("kata-sriov-cdi-gone2.json"));
+    assert_eq!(cdi_specs(&host), ["kata-sriov-cdi-a1.json"]);
+    assert_eq!(host.leased(), [host.vf(0)]);
+
+    let o = ks(&host, &["cdi", "release", "a1"], b"");
+    assert!(o.status.success(), "{o:?}");
+    assert!(cdi_specs(&host).is_empty());
+    assert!(host.leased().is_empty());
+    let o = ks(&host, &["cdi", "release", "a1"], b"");
+    assert_rejected(&host, &o, "no CDI claim named \"a1\"");
+}
+
+#[test]
+fn cdi_claim_refuses_pools_it_cannot_describe() {
+    let host = FakeHost::new(
+        1,
+        "vfio-pci",
+        "[[pools]]\nname = \"d\"\npfs = [\"ens1f0\"]\nguest = \"dan\"\n",
+    );
+    let o = ks(&host, &["cdi", "claim", "--pool", "d", "--name", "x"], b"");
+    assert_rejected(
+        &host,
+        &o,
+        "only mode = \"vfio\" pools with the guest helper",
+    );
+    assert!(cdi_specs(&host).is_empty());
+}

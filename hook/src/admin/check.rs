@@ -38,7 +38,7 @@ use serde::Serialize;
 use toml_edit::{DocumentMut, Item};
 
 use crate::admin::configure::{self, KataFlavor};
-use crate::error::chain;
+use crate::error::{chain, printable};
 use crate::kernel::iommu::{self, IommuError};
 use crate::kernel::sysfs::{SysfsError, SysfsRoot};
 use crate::kernel::vfio::VFIO_PCI;
@@ -226,7 +226,10 @@ pub fn run(cfg: &Config, env: &CheckEnv) -> Report {
         "install containerd-shim-kata-sriov-v2 into /usr/local/bin (containerd finds shims on its PATH)",
     ));
     out.extend(check_kata(cfg, &root, &env.kata_configs));
-    out.push(check_containerd(&env.containerd_config));
+    out.push(check_containerd_with(
+        &env.containerd_config,
+        configure::which("containerd", env.path.as_deref()).as_deref(),
+    ));
     out.extend(check_handlers(cfg, &root, env));
     Report::new(out)
 }
@@ -844,28 +847,88 @@ fn check_handlers(cfg: &Config, root: &SysfsRoot, env: &CheckEnv) -> Vec<CheckRe
     out
 }
 
+/// The `containerd.runtime` check: where containerd is installed (on
+/// `$PATH`), its effective config (`containerd --config PATH config dump`:
+/// the main file, its imports and drop-ins, migrated), else the file and
+/// the drop-in `configure containerd` writes.
 pub fn check_containerd(path: &Path) -> CheckResult {
+    let bin = configure::which("containerd", std::env::var_os("PATH").as_deref());
+    check_containerd_with(path, bin.as_deref())
+}
+
+/// [`check_containerd`] with the containerd binary to ask (None: read the
+/// files).
+pub fn check_containerd_with(path: &Path, containerd: Option<&Path>) -> CheckResult {
     const ID: &str = "containerd.runtime";
     let p = path.display();
     let fix = format!("run `kata-sriov configure containerd --file {p}` and restart containerd");
-    let text = match fs::read_to_string(path) {
+    let mut text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return warn(ID, format!("{p} does not exist"), fix);
         }
         Err(e) => return fail(ID, format!("reading {p}: {ec}", ec = chain(&e)), fix),
     };
+    let mut what = p.to_string();
+    if let Some(bin) = containerd {
+        let out = std::process::Command::new(bin)
+            .arg("--config")
+            .arg(path)
+            .args(["config", "dump"])
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                text = String::from_utf8_lossy(&o.stdout).into_owned();
+                what = format!(
+                    "containerd's effective config ({} --config {p} config dump)",
+                    bin.display()
+                );
+            }
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let line = err
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                return fail(
+                    ID,
+                    format!("{} cannot load {p}: {}", bin.display(), printable(line.trim())),
+                    format!("fix {p} (and its imports) until `containerd --config {p} config dump` works"),
+                );
+            }
+            Err(e) => {
+                return fail(
+                    ID,
+                    format!("running {} config dump: {e}", bin.display()),
+                    fix,
+                )
+            }
+        }
+    } else if !matches!(configure::containerd_has_runtime(&text, path), Ok(None)) {
+        let dropin = configure::containerd_dropin(path);
+        if let Ok(d) = fs::read_to_string(&dropin) {
+            if matches!(configure::containerd_has_runtime(&d, &dropin), Ok(None)) {
+                text = d;
+                what = format!(
+                    "{} (the drop-in; containerd is not on PATH to say whether it is loaded)",
+                    dropin.display()
+                );
+            }
+        }
+    }
     match configure::containerd_has_runtime(&text, path) {
         Ok(None) if configure::containerd_cri_disabled(&text) => warn(
             ID,
-            format!("{p} has the {} runtime, but disables the CRI plugin", configure::RUNTIME_NAME),
+            format!("{what} has the {} runtime, but disables the CRI plugin", configure::RUNTIME_NAME),
             format!("remove \"cri\" from disabled_plugins in {p} (Kubernetes/crictl need it), or use ctr/nerdctl with --runtime io.containerd.kata-sriov.v2"),
         ),
         Ok(None) => ok(
             ID,
-            format!("{p} has the {} runtime", configure::RUNTIME_NAME),
+            format!("{what} has the {} runtime", configure::RUNTIME_NAME),
         ),
-        Ok(Some(why)) => fail(ID, format!("{p}: {why}"), fix),
+        Ok(Some(why)) => fail(ID, format!("{what}: {why}"), fix),
         Err(e) => fail(ID, chain(&e), fix),
     }
 }

@@ -3,7 +3,11 @@
 //! as it was.
 //!
 //! Files read and written (each path overridable):
-//! - containerd: `/etc/containerd/config.toml`. A `version = 2` file
+//! - containerd: `/etc/containerd/config.toml`, or, where containerd 2.x is
+//!   installed, the drop-in `/etc/containerd/conf.d/kata-sriov.toml` with the
+//!   main file's `version` and, before 2.2 (or when the main file has its
+//!   own `imports`), an `imports` entry for it in the main file. A
+//!   `version = 2` file
 //!   (containerd 1.6/1.7; also the format of an empty or missing file) gets
 //!   `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata-sriov]`,
 //!   a `version = 3` file (containerd 2.x) gets
@@ -598,6 +602,10 @@ pub struct ContainerdSetup {
     pub kata_sriov_config: PathBuf,
     /// `$PATH`, to find a Kata shim named only by its runtime type.
     pub path: Option<std::ffi::OsString>,
+    /// The installed containerd's (major, minor), when known: 2.x gets a
+    /// drop-in (see [`plan_containerd`]); unknown or 1.x, the main file
+    /// is edited.
+    pub containerd: Option<(u32, u32)>,
 }
 
 /// Finds an executable on `path` (or an absolute path).
@@ -627,12 +635,45 @@ impl ContainerdSetup {
         let shim =
             which(SHIM_NAME, path.as_deref()).unwrap_or_else(|| PathBuf::from(SHIM_INSTALL_PATH));
         let kata_sriov_config = cfg.source.clone().unwrap_or_else(|| Config::locate(None).0);
+        let containerd = which("containerd", path.as_deref()).and_then(|c| {
+            let out = std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .ok()?;
+            containerd_release(&String::from_utf8_lossy(&out.stdout))
+        });
         ContainerdSetup {
             shim,
             kata_sriov_config,
             path,
+            containerd,
         }
     }
+}
+
+/// (major, minor) from `containerd --version` output
+/// (`containerd github.com/containerd/containerd/v2 2.1.9+unknown`,
+/// `containerd containerd.io v1.7.27 05044ec...`).
+pub fn containerd_release(version_output: &str) -> Option<(u32, u32)> {
+    version_output.split_whitespace().skip(1).find_map(|tok| {
+        let mut parts = tok.trim_start_matches('v').split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor_part = parts.next()?;
+        let digits: String = minor_part
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        Some((major, digits.parse().ok()?))
+    })
+}
+
+/// The drop-in `configure containerd` writes for containerd 2.x, beside
+/// the main config: `<dir>/conf.d/kata-sriov.toml`.
+pub fn containerd_dropin(main: &Path) -> PathBuf {
+    main.parent()
+        .unwrap_or(Path::new("/"))
+        .join("conf.d")
+        .join("kata-sriov.toml")
 }
 
 /// A Kata runtime handler in containerd's config.
@@ -962,6 +1003,35 @@ fn imported_files(text: &str, path: &Path) -> Result<Vec<PathBuf>, ConfigureErro
     Ok(out)
 }
 
+/// Whether an `imports` entry of a containerd config names `file` (itself,
+/// or a `*` pattern in the last component matching it), existing or not.
+fn imports_cover(doc: &DocumentMut, path: &Path, file: &Path) -> bool {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let Some(list) = doc.get("imports").and_then(Item::as_array) else {
+        return false;
+    };
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    list.iter().filter_map(|v| v.as_str()).any(|entry| {
+        let p = dir.join(entry);
+        let pattern = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match pattern.split_once('*') {
+            None => p == file,
+            Some((pre, suf)) => {
+                p.parent() == file.parent()
+                    && name.len() >= pre.len() + suf.len()
+                    && name.starts_with(pre)
+                    && name.ends_with(suf)
+            }
+        }
+    })
+}
+
 /// Plans `configure containerd`: the `kata-sriov` runtime, and for each
 /// Kata handler found a twin (see [`containerd_twins`]), its delegate in
 /// the kata-sriov config and its symlink beside our shim. Everything is
@@ -1001,19 +1071,34 @@ pub fn plan_containerd(path: &Path, setup: &ContainerdSetup) -> Result<Plan, Con
             }
         }
     }
-    let new = containerd_twins(&with_runtime, path, &handlers, setup)?;
-    if containerd_cri_disabled(&new) {
+    if containerd_cri_disabled(text) {
         plan.notes.push(format!(
             "{} disables the CRI plugin (disabled_plugins): the runtime entry takes effect only once CRI is enabled",
             path.display()
         ));
     }
-    plan.files.push(FileChange {
-        path: path.to_owned(),
-        old,
-        new,
-        base: None,
-    });
+    match setup.containerd {
+        Some(release) if release >= (2, 0) => {
+            plan.files.extend(containerd_2_files(
+                path, old, version, release, &handlers, setup,
+            )?);
+            plan.notes.push(format!(
+                "containerd {}.{}: the runtime entries are in the drop-in {} (version = {version}, as the main config's)",
+                release.0,
+                release.1,
+                containerd_dropin(path).display()
+            ));
+        }
+        _ => {
+            let new = containerd_twins(&with_runtime, path, &handlers, setup)?;
+            plan.files.push(FileChange {
+                path: path.to_owned(),
+                old,
+                new,
+                base: None,
+            });
+        }
+    }
     if !handlers.is_empty() {
         let ks = &setup.kata_sriov_config;
         let ks_old = read_optional(ks)?;
@@ -1052,6 +1137,60 @@ pub fn plan_containerd(path: &Path, setup: &ContainerdSetup) -> Result<Plan, Con
     plan.notes
         .push("restart containerd to load the runtime (systemctl restart containerd)".into());
     Ok(plan)
+}
+
+/// containerd 2.x: the runtime entries (and twins) go to the drop-in
+/// [`containerd_dropin`], with the main config's `version` (a newer one
+/// stops containerd from starting). containerd 2.2+ imports
+/// `conf.d/*.toml` by default; before 2.2, or when the main config sets
+/// its own `imports`, the main config gets the drop-in in `imports` unless
+/// an entry there already matches it.
+fn containerd_2_files(
+    path: &Path,
+    old: Option<String>,
+    version: i64,
+    release: (u32, u32),
+    handlers: &[KataHandler],
+    setup: &ContainerdSetup,
+) -> Result<Vec<FileChange>, ConfigureError> {
+    let dropin = containerd_dropin(path);
+    let d_old = read_optional(&dropin)?;
+    let mut d_doc = parse_toml(d_old.as_deref().unwrap_or(""), &dropin)?;
+    set_value(d_doc.as_table_mut(), "version", version);
+    let d_new = containerd_twins(
+        &containerd_edit(&d_doc.to_string(), &dropin)?,
+        &dropin,
+        handlers,
+        setup,
+    )?;
+    let text = old.as_deref().unwrap_or("");
+    let mut doc = parse_toml(text, path)?;
+    let imported = imports_cover(&doc, path, &dropin);
+    let new = if !imported && (release < (2, 2) || doc.get("imports").is_some()) {
+        add_to_array(
+            doc.as_table_mut(),
+            "imports",
+            &dropin.display().to_string(),
+            path,
+        )?;
+        doc.to_string()
+    } else {
+        text.to_owned()
+    };
+    Ok(vec![
+        FileChange {
+            path: path.to_owned(),
+            old,
+            new,
+            base: None,
+        },
+        FileChange {
+            path: dropin,
+            old: d_old,
+            new: d_new,
+            base: None,
+        },
+    ])
 }
 
 /// Whether a containerd config disables the CRI plugin (Docker's
@@ -1095,7 +1234,15 @@ pub fn containerd_has_runtime(text: &str, path: &Path) -> Result<Option<String>,
             .and_then(Item::as_str)
         {
             None => Some(format!("no {header} with a runtime_type")),
-            Some(RUNTIME_TYPE) => None,
+            Some(RUNTIME_TYPE) => {
+                let passes = rt
+                    .and_then(|r| r.get("pod_annotations"))
+                    .and_then(Item::as_array)
+                    .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(ANNOTATIONS)));
+                (!passes).then(|| {
+                    format!("{header}.pod_annotations lacks {ANNOTATIONS:?}: a pod's request never reaches the shim")
+                })
+            }
             Some(other) => Some(format!(
                 "{header}.runtime_type is {other:?}, not {RUNTIME_TYPE:?}"
             )),

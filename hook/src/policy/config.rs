@@ -317,6 +317,27 @@ impl Default for DanConfig {
     }
 }
 
+/// `[cdi]`: where `kata-sriov cdi claim` writes the CDI specs that
+/// CDI-aware engines (Docker 28, podman 5, containerd 2) read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdiConfig {
+    #[serde(default = "default_cdi_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_cdi_dir() -> PathBuf {
+    PathBuf::from("/var/run/cdi")
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig {
+            dir: default_cdi_dir(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -334,6 +355,8 @@ pub struct Config {
     pub hook: HookConfig,
     #[serde(default)]
     pub dan: DanConfig,
+    #[serde(default)]
+    pub cdi: CdiConfig,
     #[serde(default)]
     pub pools: Vec<Pool>,
     /// Where this config was read from (not a key).
@@ -361,6 +384,7 @@ impl Default for Config {
             defaults: Defaults::default(),
             hook: HookConfig::default(),
             dan: DanConfig::default(),
+            cdi: CdiConfig::default(),
             pools: Vec::new(),
             source: None,
         }
