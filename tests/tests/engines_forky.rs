@@ -169,6 +169,54 @@ fn timed(what: &str, t: Instant) {
     eprintln!("{what}: {} ms", t.elapsed().as_millis());
 }
 
+/// containerd 2.1 with our shim on its PATH and the fake host's config.
+fn containerd_with_our_shim(engines: &Engines, host: &FakeHost) -> Containerd {
+    let bin = shim_dir(host);
+    Containerd::start(
+        engines,
+        &host.path().join("containerd"),
+        Some(&bin),
+        &[("KATA_SRIOV_CONFIG", &host.config)],
+    )
+}
+
+/// `ctr run -d` of container `id` through our shim with a request for
+/// the pool; waits until it has listed its /dev/vfio and checks the claim.
+fn ctr_run_with_a_vf(c: &Containerd, host: &FakeHost, id: &str) -> Value {
+    let rootfs = host.path().join(format!("rootfs-{id}"));
+    busybox_rootfs(&rootfs);
+    // ctr makes the task's stdio fifos: in its own namespace's /run by
+    // default, which containerd's namespace does not see.
+    let fifo = host.path().join("fifo").display().to_string();
+    let req = format!("{REQUEST}={POOL}");
+    let run = [
+        "run",
+        "-d",
+        "--fifo-dir",
+        &fifo,
+        "--runtime",
+        "io.containerd.kata-sriov.v2",
+        "--annotation",
+        &req,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        id,
+        "/bin/sh",
+        "-c",
+        "ls -l /dev/vfio/ >/seen.tmp; mv /seen.tmp /seen; exec sleep 300",
+    ];
+    ok("ctr run", &c.ctr(&run, T));
+    let seen = rootfs.join("seen");
+    assert!(
+        eventually(T, || seen.exists()),
+        "the container did not run; containerd:\n{}\nlog:\n{}",
+        c.log(),
+        host.log()
+    );
+    let ls = std::fs::read_to_string(&seen).unwrap();
+    check_claim(host, &format!("default/{id}"), &ls)
+}
+
 #[test]
 fn containerd_2_ctr_run_through_our_shim_gets_the_vf_and_gives_it_back() {
     let Some(engines) = Engines::forky("containerd 2.1 + our shim") else {
@@ -176,13 +224,7 @@ fn containerd_2_ctr_run_through_our_shim_gets_the_vf_and_gives_it_back() {
     };
     let t0 = Instant::now();
     let (host, _kernel) = fake_host();
-    let bin = shim_dir(&host);
-    let c = Containerd::start(
-        &engines,
-        &host.path().join("containerd"),
-        Some(&bin),
-        &[("KATA_SRIOV_CONFIG", &host.config)],
-    );
+    let c = containerd_with_our_shim(&engines, &host);
     let version = ok("ctr version", &c.ctr(&["version"], T));
     let server = version.split("Server:").nth(1).unwrap_or_default();
     let v = server
@@ -193,46 +235,10 @@ fn containerd_2_ctr_run_through_our_shim_gets_the_vf_and_gives_it_back() {
         .to_owned();
     eprintln!("containerd {v}");
     assert!(major(&v) >= 2, "forky's containerd is {v}");
-    let rootfs = host.path().join("rootfs");
-    busybox_rootfs(&rootfs);
-    // ctr makes the task's stdio fifos: in its own namespace's /run by
-    // default, which containerd's namespace does not see.
-    let fifo = host.path().join("fifo").display().to_string();
-    let req = format!("{REQUEST}={POOL}");
     let id = "ks1";
     let t = Instant::now();
-    ok(
-        "ctr run",
-        &c.ctr(
-            &[
-                "run",
-                "-d",
-                "--fifo-dir",
-                &fifo,
-                "--runtime",
-                "io.containerd.kata-sriov.v2",
-                "--annotation",
-                &req,
-                "--rootfs",
-                rootfs.to_str().unwrap(),
-                id,
-                "/bin/sh",
-                "-c",
-                "ls -l /dev/vfio/ >/seen.tmp; mv /seen.tmp /seen; exec sleep 300",
-            ],
-            T,
-        ),
-    );
-    let seen = rootfs.join("seen");
-    assert!(
-        eventually(T, || seen.exists()),
-        "the container did not run; containerd:\n{}\nlog:\n{}",
-        c.log(),
-        host.log()
-    );
+    let lease = ctr_run_with_a_vf(&c, &host, id);
     timed("ctr run -d (claim, start)", t);
-    let ls = std::fs::read_to_string(&seen).unwrap();
-    let lease = check_claim(&host, &format!("default/{id}"), &ls);
     let bundle = bundle_of(&host, id);
     assert_hook_free(&bundle);
     // containerd recorded our binary as the shim to call for cleanup.
@@ -328,51 +334,9 @@ fn containerd_2_sigkill_of_the_delegate_gives_the_vf_back_within_a_second() {
         return;
     };
     let (host, _kernel) = fake_host();
-    let bin = shim_dir(&host);
-    let c = Containerd::start(
-        &engines,
-        &host.path().join("containerd"),
-        Some(&bin),
-        &[("KATA_SRIOV_CONFIG", &host.config)],
-    );
-    let rootfs = host.path().join("rootfs");
-    busybox_rootfs(&rootfs);
-    let fifo = host.path().join("fifo").display().to_string();
-    let req = format!("{REQUEST}={POOL}");
+    let c = containerd_with_our_shim(&engines, &host);
     let id = "ks9";
-    ok(
-        "ctr run",
-        &c.ctr(
-            &[
-                "run",
-                "-d",
-                "--fifo-dir",
-                &fifo,
-                "--runtime",
-                "io.containerd.kata-sriov.v2",
-                "--annotation",
-                &req,
-                "--rootfs",
-                rootfs.to_str().unwrap(),
-                id,
-                "/bin/sh",
-                "-c",
-                "ls -l /dev/vfio/ >/seen.tmp; mv /seen.tmp /seen; exec sleep 300",
-            ],
-            T,
-        ),
-    );
-    let seen = rootfs.join("seen");
-    assert!(
-        eventually(T, || seen.exists()),
-        "the container did not run:\n{}",
-        c.log()
-    );
-    let lease = check_claim(
-        &host,
-        &format!("default/{id}"),
-        &std::fs::read_to_string(&seen).unwrap(),
-    );
+    let lease = ctr_run_with_a_vf(&c, &host, id);
     assert_hook_free(&bundle_of(&host, id));
     let pid = delegate_pid(&c, id).expect("the delegate shim's process");
     nix::sys::signal::kill(
