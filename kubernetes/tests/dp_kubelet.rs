@@ -70,6 +70,38 @@ fn start(node: &FakeNode, dp: &DpSettings) -> Plugin {
     Plugin { stop, task }
 }
 
+/// A running plugin with the test's kubelet (and PodResources serving
+/// `pods`, when given), registered.
+struct Running {
+    kubelet: KubeletReg,
+    plugin: Plugin,
+    reg: pb::RegisterRequest,
+    client: pb::device_plugin_client::DevicePluginClient<tonic::transport::Channel>,
+    pods_stop: Option<watch::Sender<bool>>,
+}
+
+async fn run_with(node: &FakeNode, dp: &DpSettings, pods: Option<&Pods>) -> Running {
+    std::fs::create_dir_all(&dp.plugin_dir).unwrap();
+    let pods_stop = pods.map(|p| serve_pods(&dp.pod_resources, p.clone()));
+    let mut kubelet = KubeletReg::start(&dp.plugin_dir);
+    let plugin = start(node, dp);
+    let reg = kubelet.next(Duration::from_secs(20)).await;
+    let client = kubelet.plugin(&reg);
+    Running {
+        kubelet,
+        plugin,
+        reg,
+        client,
+        pods_stop,
+    }
+}
+
+fn alloc(ids: Vec<String>) -> pb::AllocateRequest {
+    pb::AllocateRequest {
+        container_requests: vec![pb::ContainerAllocateRequest { devices_ids: ids }],
+    }
+}
+
 /// A node whose PF is up; `vfs` VFs on iavf.
 fn node(vfs: u32, extra: &str) -> FakeNode {
     let n = FakeNode::new(vfs, "iavf", extra);
@@ -114,17 +146,18 @@ async fn registers_and_list_and_watch_follows_vfs_and_health() {
         );
     }
     let dp = dp_settings(&node, Duration::ZERO);
-    std::fs::create_dir_all(&dp.plugin_dir).unwrap();
-    let mut kubelet = KubeletReg::start(&dp.plugin_dir);
-    let plugin = start(&node, &dp);
-
-    let r = kubelet.next(Duration::from_secs(20)).await;
+    let Running {
+        kubelet: _kubelet,
+        plugin,
+        reg: r,
+        client: mut c,
+        ..
+    } = run_with(&node, &dp, None).await;
     assert_eq!(r.version, "v1beta1");
     assert_eq!(r.endpoint, "kata-sriov-fast.sock");
     assert_eq!(r.resource_name, RES);
     let o = r.options.unwrap();
     assert!(o.get_preferred_allocation_available && !o.pre_start_required);
-    let mut c = kubelet.plugin(&r);
     let opts = c
         .get_device_plugin_options(pb::Empty {})
         .await
@@ -222,18 +255,17 @@ async fn registers_and_list_and_watch_follows_vfs_and_health() {
 async fn allocate_claims_writes_cdi_and_pod_resources_release() {
     let node = node(3, "vlan = 100\n");
     let dp = dp_settings(&node, Duration::ZERO);
-    std::fs::create_dir_all(&dp.plugin_dir).unwrap();
     let pods = Pods::default();
     pods.set(Some(Vec::new()));
-    let pods_stop = serve_pods(&dp.pod_resources, pods.clone());
-    let mut kubelet = KubeletReg::start(&dp.plugin_dir);
-    let plugin = start(&node, &dp);
-    let r = kubelet.next(Duration::from_secs(20)).await;
-    let mut c = kubelet.plugin(&r);
+    let Running {
+        kubelet: _kubelet,
+        plugin,
+        reg: r,
+        client: mut c,
+        pods_stop,
+    } = run_with(&node, &dp, Some(&pods)).await;
+    let pods_stop = pods_stop.unwrap();
     let id1 = node.vf(1).to_string();
-    let alloc = |ids: Vec<String>| pb::AllocateRequest {
-        container_requests: vec![pb::ContainerAllocateRequest { devices_ids: ids }],
-    };
 
     let resp = c
         .allocate(alloc(vec![id1.clone()]))
@@ -386,32 +418,23 @@ async fn allocate_claims_writes_cdi_and_pod_resources_release() {
 async fn grace_period_keeps_a_fresh_allocation() {
     let node = node(2, "");
     let dp = dp_settings(&node, Duration::from_secs(3600));
-    std::fs::create_dir_all(&dp.plugin_dir).unwrap();
     let pods = Pods::default();
     pods.set(Some(Vec::new()));
-    let _pods_stop = serve_pods(&dp.pod_resources, pods.clone());
-    let mut kubelet = KubeletReg::start(&dp.plugin_dir);
-    let plugin = start(&node, &dp);
-    let r = kubelet.next(Duration::from_secs(20)).await;
-    let mut c = kubelet.plugin(&r);
-    c.allocate(pb::AllocateRequest {
-        container_requests: vec![pb::ContainerAllocateRequest {
-            devices_ids: vec![node.vf(0).to_string()],
-        }],
-    })
-    .await
-    .unwrap();
+    let mut run = run_with(&node, &dp, Some(&pods)).await;
+    run.client
+        .allocate(alloc(vec![node.vf(0).to_string()]))
+        .await
+        .unwrap();
     // Not in any List yet (the pod is not visible), many Lists: kept.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(node.leases().len(), 1);
-    plugin.stop().await;
+    run.plugin.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_restart_registers_again_and_plugin_restart_recovers() {
     let node = node(2, "");
     let dp = dp_settings(&node, Duration::ZERO);
-    std::fs::create_dir_all(&dp.plugin_dir).unwrap();
     let id0 = node.vf(0).to_string();
     let pods = Pods::default();
     pods.set(Some(vec![pod(
@@ -420,18 +443,14 @@ async fn kubelet_restart_registers_again_and_plugin_restart_recovers() {
         RES,
         std::slice::from_ref(&id0),
     )]));
-    let _pods_stop = serve_pods(&dp.pod_resources, pods.clone());
-    let mut kubelet = KubeletReg::start(&dp.plugin_dir);
-    let plugin = start(&node, &dp);
-    let r = kubelet.next(Duration::from_secs(20)).await;
-    let mut c = kubelet.plugin(&r);
-    c.allocate(pb::AllocateRequest {
-        container_requests: vec![pb::ContainerAllocateRequest {
-            devices_ids: vec![id0.clone()],
-        }],
-    })
-    .await
-    .unwrap();
+    let Running {
+        kubelet,
+        plugin,
+        client: mut c,
+        pods_stop: _pods_stop,
+        ..
+    } = run_with(&node, &dp, Some(&pods)).await;
+    c.allocate(alloc(vec![id0.clone()])).await.unwrap();
 
     // The kubelet restarts: it deletes every socket and makes a new
     // kubelet.sock. The plugin serves again and registers again.

@@ -27,6 +27,8 @@ use kata_sriov::state::ledger::{self, Lease, LeaseState, OwnerCheck};
 
 use crate::host::Host;
 use crate::names;
+use crate::prepare::gc_summary;
+pub use crate::prepare::{RecoverError, Recovered};
 
 /// What the device plugin needs to know about itself.
 #[derive(Debug, Clone)]
@@ -256,27 +258,6 @@ fn held(engine: &Engine<'_>) -> Result<Vec<(String, Lease)>, ClaimError> {
         .collect())
 }
 
-/// What start-up recovery did.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// VFs the plugin holds (their specs rewritten).
-    pub held: Vec<PciAddress>,
-    /// CDI specs deleted because no lease backs them.
-    pub stale_specs: Vec<String>,
-    /// What the engine's gc reported, one line.
-    pub gc: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RecoverError {
-    #[error("recovering the device plugin's VFs: {0}")]
-    Claim(Box<ClaimError>),
-    #[error("recovering the device plugin's VFs: {0}")]
-    Cdi(#[from] CdiError),
-    #[error("recovering the device plugin's VFs: {0}")]
-    Alloc(Box<AllocError>),
-}
-
 /// On start: the engine's gc finishes what a crash interrupted; every VF
 /// the plugin holds gets its CDI spec (re)written; specs of VFs it does
 /// not hold are deleted. The reconciler then releases what no pod holds.
@@ -290,14 +271,7 @@ pub fn recover(
     let engine = host.engine().map_err(claim_err)?;
     let gc = engine.gc().map_err(claim_err)?;
     let mut out = Recovered {
-        gc: format!(
-            "{} released, {} quarantined, {} busy, {} failed, {} kept",
-            gc.released.len(),
-            gc.quarantined.len(),
-            gc.busy.len(),
-            gc.failed.len(),
-            gc.kept
-        ),
+        gc: gc_summary(&gc),
         ..Recovered::default()
     };
     let mut keep = HashSet::new();
@@ -307,9 +281,9 @@ pub fn recover(
         }
         let Some(res) = resource(&pool) else { continue };
         let c = engine.claimed_vf(&l).map_err(claim_err)?;
-        write_spec(host, dp, &res, &c).map_err(|e| RecoverError::Alloc(Box::new(e)))?;
+        write_spec(host, dp, &res, &c).map_err(|e| RecoverError::DevicePlugin(Box::new(e)))?;
         keep.insert(names::dp_cdi_stem(&pool, l.vf));
-        out.held.push(l.vf);
+        out.prepared.push(l.vf.to_string());
     }
     for stem in cdi::list(&dp.cdi_dir, names::DP_CDI_FILE_PREFIX)? {
         if !keep.contains(&stem) {

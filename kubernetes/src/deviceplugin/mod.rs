@@ -266,7 +266,7 @@ pub async fn run(
     let rec =
         tokio::task::spawn_blocking(move || allocate::recover(&h, &d, |p| res.get(p).cloned()))
             .await??;
-    info!(run.log, "recovered from the ledger"; "held" => rec.held.len(),
+    info!(run.log, "recovered from the ledger"; "held" => rec.prepared.len(),
         "stale_cdi_specs_removed" => rec.stale_specs.len(), "gc" => rec.gc);
     let mut problems = Vec::new();
     run.rescan(&mut problems).await?;
