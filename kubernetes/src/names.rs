@@ -198,7 +198,7 @@ pub const DEFAULT_RESOURCE_PREFIX: &str = "kata-sriov.io";
 /// Prefix of the CDI spec files the device plugin writes.
 pub const DP_CDI_FILE_PREFIX: &str = "kata-sriov-dp-";
 /// Prefix of the lease owners of the device plugin.
-pub const DP_OWNER_PREFIX: &str = "k8s-dp/";
+pub const DP_OWNER_PREFIX: &str = kata_sriov::policy::owner::DEVICE_PLUGIN_PREFIX;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResourceNameError {

@@ -371,6 +371,20 @@ async fn allocate_claims_writes_cdi_and_pod_resources_release() {
     )]));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(node.leases().iter().any(|l| l.0 == id1));
+    // The pod is recorded in the lease (the shim finds the pod's VFs by it).
+    let pods_of = || -> Vec<(String, Option<String>)> {
+        kata_sriov::state::ledger::Ledger::open(&node.cfg.state_dir)
+            .unwrap()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let l = e.lease.unwrap();
+                (l.owner, l.pod)
+            })
+            .collect()
+    };
+    assert!(pods_of().contains(&(owner.clone(), Some("default/p1".into()))));
 
     // The kubelet is down (List fails, then its socket is gone): the pod
     // is not in any List, but nothing is released.

@@ -15,6 +15,7 @@
 //! count again.
 
 use std::collections::{HashMap, HashSet};
+
 use std::time::{Duration, Instant};
 
 use kata_sriov::engine::claim::{ClaimError, ClaimedVf, Engine};
@@ -294,6 +295,34 @@ pub fn recover(
     Ok(out)
 }
 
+/// What a PodResources List says: (resource name, device ID) -> the pod
+/// (`namespace/name`) that holds it.
+pub type Listed = HashMap<(String, String), String>;
+
+/// Records in each lease of the plugin the pod that `listed` says holds
+/// its VF (the shim finds a pod's VFs by it). Returns how many leases no
+/// pod is recorded for.
+pub fn attribute(
+    host: &Host,
+    listed: &Listed,
+    resource: impl Fn(&str) -> Option<String>,
+) -> Result<usize, ClaimError> {
+    let _serial = host.serial();
+    let engine = host.engine()?;
+    let mut unknown = 0;
+    for (pool, l) in held(&engine)? {
+        let pod = resource(&pool).and_then(|res| listed.get(&(res, l.vf.to_string())));
+        match pod {
+            Some(p) => {
+                engine.set_pod(l.vf, &l.owner, Some(p))?;
+            }
+            None if l.pod.is_none() => unknown += 1,
+            None => {}
+        }
+    }
+    Ok(unknown)
+}
+
 /// Releases VFs no pod holds any more, from successive PodResources Lists.
 #[derive(Debug)]
 pub struct Reconciler {
@@ -344,15 +373,17 @@ impl Reconciler {
         }
     }
 
-    /// One successful List: `listed` holds every (resource name, device
-    /// ID) some pod holds. `resource` names a pool's resource.
+    /// One successful List: `listed` maps every (resource name, device
+    /// ID) some pod holds to that pod (`namespace/name`). `resource` names
+    /// a pool's resource. Records the pods ([`attribute`]), then releases.
     pub fn step(
         &mut self,
         host: &Host,
         dp: &DpSettings,
-        listed: &HashSet<(String, String)>,
+        listed: &Listed,
         resource: impl Fn(&str) -> Option<String>,
     ) -> Result<Reconciled, ClaimError> {
+        attribute(host, listed, &resource)?;
         let _serial = host.serial();
         let engine = host.engine()?;
         let mut out = Reconciled::default();
@@ -363,7 +394,7 @@ impl Reconciler {
             .retain(|vf, _| held.iter().any(|(_, l)| l.vf == *vf));
         for (pool, l) in held {
             let Some(res) = resource(&pool) else { continue };
-            if listed.contains(&(res, l.vf.to_string())) {
+            if listed.contains_key(&(res, l.vf.to_string())) {
                 self.missing.remove(&l.vf);
                 continue;
             }

@@ -99,8 +99,15 @@ struct Run {
     dp: DpSettings,
     pools: Vec<Pool>,
     reconciler: Arc<Mutex<Reconciler>>,
+    allocated: Arc<tokio::sync::Notify>,
     log: Logger,
 }
+
+/// After an Allocate, pods are listed every [`ATTRIBUTE_EVERY`] for up to
+/// [`ATTRIBUTE_WINDOW`] until every VF held has its pod recorded (the
+/// shim waits for that at the sandbox's start). These Lists release nothing.
+pub const ATTRIBUTE_EVERY: Duration = Duration::from_millis(250);
+pub const ATTRIBUTE_WINDOW: Duration = Duration::from_secs(15);
 
 impl Run {
     fn resources(&self) -> HashMap<String, String> {
@@ -123,6 +130,7 @@ impl Run {
                 allocation: p.allocation,
                 devices: p.devices.subscribe(),
                 reconciler: self.reconciler.clone(),
+                allocated: self.allocated.clone(),
                 stop: rx.clone(),
                 log: self.log.clone(),
             };
@@ -193,6 +201,29 @@ impl Run {
         Ok(())
     }
 
+    /// Records which pod holds which VF; true when every VF held has one.
+    async fn attribute(&self) -> bool {
+        let Ok(listed) = service::list_pod_devices(&self.dp.pod_resources).await else {
+            return false;
+        };
+        let (host, res) = (self.host.clone(), self.resources());
+        let done = tokio::task::spawn_blocking(move || {
+            allocate::attribute(&host, &listed, |p| res.get(p).cloned())
+        })
+        .await;
+        match done {
+            Ok(Ok(unknown)) => unknown == 0,
+            Ok(Err(e)) => {
+                warn!(self.log, "recording the pods of VFs failed"; "error" => chain(&e));
+                false
+            }
+            Err(e) => {
+                warn!(self.log, "recording the pods of VFs did not finish"; "error" => chain(&e));
+                false
+            }
+        }
+    }
+
     async fn reconcile(&self) {
         let listed = match service::list_pod_devices(&self.dp.pod_resources).await {
             Ok(l) => l,
@@ -257,6 +288,7 @@ pub async fn run(
     }
     let run = Run {
         reconciler: Arc::new(Mutex::new(Reconciler::new(dp.grace))),
+        allocated: Arc::new(tokio::sync::Notify::new()),
         host,
         dp,
         pools,
@@ -280,6 +312,8 @@ pub async fn run(
     let mut reconcile = tokio::time::interval(run.dp.reconcile);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
+    let mut fast = tokio::time::interval(ATTRIBUTE_EVERY);
+    let mut fast_until: Option<tokio::time::Instant> = None;
     while !*stop.borrow() {
         tokio::select! {
             _ = rescan.tick() => {
@@ -305,6 +339,15 @@ pub async fn run(
                 }
             }
             _ = reconcile.tick() => run.reconcile().await,
+            _ = run.allocated.notified() => {
+                fast_until = Some(tokio::time::Instant::now() + ATTRIBUTE_WINDOW);
+            }
+            _ = fast.tick(), if fast_until.is_some() => {
+                let over = fast_until.is_some_and(|t| t <= tokio::time::Instant::now());
+                if over || run.attribute().await {
+                    fast_until = None;
+                }
+            }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     break;

@@ -2,7 +2,6 @@
 //! resource per pool), and the calls the plugin makes to the kubelet:
 //! `Registration.Register` on `kubelet.sock` and PodResources `List`.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +68,9 @@ pub struct PoolPlugin {
     /// The pool's devices, as last scanned.
     pub devices: watch::Receiver<Vec<VfDevice>>,
     pub reconciler: Arc<Mutex<Reconciler>>,
+    /// Told after each Allocate: the agent lists pods soon to record
+    /// which pod holds the VFs.
+    pub allocated: Arc<tokio::sync::Notify>,
     /// Turns true when this server generation stops (ends ListAndWatch).
     pub stop: watch::Receiver<bool>,
     pub log: Logger,
@@ -176,6 +178,7 @@ impl pb::device_plugin_server::DevicePlugin for PoolPlugin {
                     r.allocated(*vf);
                 }
             }
+            self.allocated.notify_one();
             info!(self.log, "allocated"; "resource" => &self.resource,
                   "devices" => c.devices_ids.join(","));
             container_responses.push(container_response(&self.host, &got));
@@ -259,9 +262,10 @@ pub async fn register(kubelet_sock: &Path, endpoint: &str, resource: &str) -> Re
     Ok(())
 }
 
-/// Every (resource name, device ID) some pod holds, from one PodResources
-/// List; an error when the kubelet could not be asked.
-pub async fn list_pod_devices(sock: &Path) -> Result<HashSet<(String, String)>, Status> {
+/// Every (resource name, device ID) some pod holds, and that pod
+/// (`namespace/name`), from one PodResources List; an error when the
+/// kubelet could not be asked.
+pub async fn list_pod_devices(sock: &Path) -> Result<allocate::Listed, Status> {
     if !sock.exists() {
         return Err(Status::unavailable(format!(
             "{} does not exist",
@@ -272,15 +276,14 @@ pub async fn list_pod_devices(sock: &Path) -> Result<HashSet<(String, String)>, 
         sock.to_owned(),
     ));
     let resp = c.list(pr::ListPodResourcesRequest {}).await?.into_inner();
-    Ok(resp
-        .pod_resources
-        .iter()
-        .flat_map(|p| &p.containers)
-        .flat_map(|c| &c.devices)
-        .flat_map(|d| {
-            d.device_ids
-                .iter()
-                .map(|id| (d.resource_name.clone(), id.clone()))
-        })
-        .collect())
+    let mut out = allocate::Listed::new();
+    for p in &resp.pod_resources {
+        let pod = format!("{}/{}", p.namespace, p.name);
+        for d in p.containers.iter().flat_map(|c| &c.devices) {
+            for id in &d.device_ids {
+                out.insert((d.resource_name.clone(), id.clone()), pod.clone());
+            }
+        }
+    }
+    Ok(out)
 }
