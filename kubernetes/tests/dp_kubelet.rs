@@ -322,6 +322,11 @@ async fn allocate_claims_writes_cdi_and_pod_resources_release() {
         nodes,
         ["/dev/vfio/vfio".to_owned(), format!("/dev/vfio/{g}")]
     );
+    // No guest entry without the pod's addresses.
+    assert!(
+        d.get("annotations").is_none() && d["containerEdits"].get("env").is_none(),
+        "{d}"
+    );
     assert!(cdi_resolve(&dp.cdi_dir, &format!("{RES}={}", node.vf(0))).is_err());
 
     // Idempotent for the same devices.

@@ -5,8 +5,10 @@
 //! vfio-pci bind) and writes one CDI spec per VF whose kind is the
 //! resource name and whose device name is the device ID (the PCI address:
 //! CDI device names allow ':' and '.'), so that Kata's
-//! `<resourceName>=<deviceID>` resolves. Allocating a VF the plugin holds
-//! already returns it again (the engine's idempotence) and rewrites its spec.
+//! `<resourceName>=<deviceID>` resolves. The spec carries the device nodes
+//! only (no guest entry: the shim writes the pod's from its annotation).
+//! Allocating a VF the plugin holds already returns it again (the engine's
+//! idempotence), forgets its recorded pod and rewrites its spec.
 //!
 //! There is no deallocate: [`Reconciler`] compares the VFs held with the
 //! kubelet's PodResources `List`, and releases a VF only when a successful
@@ -161,7 +163,14 @@ fn write_spec(
         Mode::Netdev => None,
     };
     let id = c.vf.to_string();
-    let spec = cdi::build(resource, &[(id.clone(), c.clone())], container.as_ref()).map_err(err)?;
+    let mut spec =
+        cdi::build(resource, &[(id.clone(), c.clone())], container.as_ref()).map_err(err)?;
+    // The plugin does not know the guest's addresses (the shim writes them
+    // from the pod's annotation): no guest entry without them.
+    for d in &mut spec.devices {
+        d.annotations.clear();
+        d.container_edits.env.clear();
+    }
     cdi::write(&dp.cdi_dir, &names::dp_cdi_stem(&c.pool, c.vf), &spec).map_err(err)?;
     Ok(AllocatedVf {
         vf: c.vf,
@@ -198,6 +207,15 @@ pub fn allocate(
             if !held {
                 fresh.push(vf);
             }
+            // Allocated again (to another pod): its pod is unknown until
+            // the next List, so that a shim waits for it.
+            engine
+                .set_pod(vf, &names::dp_owner(pool, vf), None)
+                .map_err(|e| AllocError::Claim {
+                    pool: pool.to_owned(),
+                    vf,
+                    source: Box::new(e),
+                })?;
             write_spec(host, dp, resource, &c)
         });
         match done {
