@@ -536,3 +536,85 @@ async fn kubelet_restart_registers_again_and_plugin_restart_recovers() {
     assert_eq!(node.driver(0).as_deref(), Some("iavf"));
     plugin.stop().await;
 }
+
+/// The CDI name Kata builds (`<resourceName>=<deviceID>`) resolved by a real
+/// engine: podman 5.8 of the forky root, `--device <name>` with our spec
+/// directory, creates the VF's nodes in the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_resolves_the_kata_rule_name_in_our_spec() {
+    let Some(engines) = kata_sriov_tests::engines::Engines::forky("podman CDI") else {
+        return;
+    };
+    let node = node(2, "");
+    let dp = dp_settings(&node, Duration::from_secs(3600));
+    let mut run = run_with(&node, &dp, None).await;
+    let id = node.vf(1).to_string();
+    run.client.allocate(alloc(vec![id.clone()])).await.unwrap();
+    let g = node.fake.root().iommu_group(node.vf(1)).unwrap().unwrap();
+    let rootfs = node.dir.path().join("rootfs");
+    kata_sriov_tests::busybox_rootfs(&rootfs);
+    let pdir = node.dir.path().join("podman");
+    std::fs::create_dir_all(pdir.join("run")).unwrap();
+    let engines = engines.with_bind(&format!("{}:/run", pdir.join("run").display()));
+    let name = format!("{}={}", run.reg.resource_name, id);
+    let args: Vec<String> = [
+        "--root",
+        pdir.join("storage").to_str().unwrap(),
+        "--runroot",
+        "/run/containers/storage",
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "file",
+        "--runtime",
+        "runc",
+        "--cdi-spec-dir",
+        dp.cdi_dir.to_str().unwrap(),
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--device",
+        &name,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "ls",
+        "-ln",
+        "/dev/vfio/",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    // VF 0 was not allocated: its name resolves to nothing.
+    let unallocated = format!("{}={}", run.reg.resource_name, node.vf(0));
+    let (out, refused) = tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = engines.output("podman", &a, Duration::from_secs(120));
+        let b: Vec<&str> = a
+            .iter()
+            .map(|x| if *x == name { unallocated.as_str() } else { x })
+            .collect();
+        (out, engines.output("podman", &b, Duration::from_secs(120)))
+    })
+    .await
+    .unwrap();
+    let name = format!("{}={}", run.reg.resource_name, id);
+    let text = kata_sriov_tests::engines::ok(&format!("podman run --device {name}"), &out);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("unresolvable CDI devices"),
+        "{why}"
+    );
+    // `ls -ln`: "crw-rw-rw- 1 0 0 240, 12 <date> 12", spacing aside.
+    let node_line = |file: &str, numbers: &str| {
+        text.lines().any(|l| {
+            let l = l.split_whitespace().collect::<Vec<_>>().join(" ");
+            l.starts_with('c') && l.ends_with(&format!(" {file}")) && l.contains(numbers)
+        })
+    };
+    assert!(node_line("vfio", "10, 196"), "{text}");
+    assert!(node_line(&g.to_string(), &format!("240, {g}")), "{text}");
+    run.plugin.stop().await;
+}

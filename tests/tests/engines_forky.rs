@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use kata_sriov_tests::busybox_rootfs;
 use kata_sriov_tests::engines::{major, ok, tar_of, Containerd, Dockerd, Engines};
 use kata_sriov_tests::{eventually, output_within, workspace_bin, FakeHost, FakeKernel};
-use netdev_support::busybox_rootfs;
 
 const POOL: &str = "fast";
 const REQUEST: &str = "io.kata-sriov.networks";
