@@ -557,19 +557,12 @@ async fn podman_resolves_the_kata_rule_name_in_our_spec() {
     std::fs::create_dir_all(pdir.join("run")).unwrap();
     let engines = engines.with_bind(&format!("{}:/run", pdir.join("run").display()));
     let name = format!("{}={}", run.reg.resource_name, id);
-    let args: Vec<String> = [
-        "--root",
-        pdir.join("storage").to_str().unwrap(),
-        "--runroot",
-        "/run/containers/storage",
-        "--storage-driver",
-        "vfs",
-        "--cgroup-manager",
-        "cgroupfs",
-        "--events-backend",
-        "file",
-        "--runtime",
-        "runc",
+    let mut args: Vec<String> =
+        kata_sriov_tests::engines::podman_private_args(&pdir.join("storage"))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+    for a in [
         "--cdi-spec-dir",
         dp.cdi_dir.to_str().unwrap(),
         "run",
@@ -583,10 +576,9 @@ async fn podman_resolves_the_kata_rule_name_in_our_spec() {
         "ls",
         "-ln",
         "/dev/vfio/",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    ] {
+        args.push(a.to_owned());
+    }
     // VF 0 was not allocated: its name resolves to nothing.
     let unallocated = format!("{}={}", run.reg.resource_name, node.vf(0));
     let (out, refused) = tokio::task::spawn_blocking(move || {

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use kata_sriov_tests::busybox_rootfs;
-use kata_sriov_tests::engines::{major, ok, tar_of, Containerd, Dockerd, Engines};
+use kata_sriov_tests::engines::{
+    major, ok, podman_private_args, tar_of, Containerd, Dockerd, Engines,
+};
 use kata_sriov_tests::{eventually, output_within, workspace_bin, FakeHost, FakeKernel};
 
 const POOL: &str = "fast";
@@ -350,20 +352,7 @@ impl Podman {
 
     fn podman(&self, args: &[&str]) -> std::process::Output {
         let mut c = self.engines.command("podman");
-        c.arg("--root")
-            .arg(self.dir.join("storage"))
-            .args([
-                "--runroot",
-                "/run/containers/storage",
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-                "--runtime",
-                "runc",
-            ])
+        c.args(podman_private_args(&self.dir.join("storage")))
             .arg("--hooks-dir")
             .arg(&self.hooks)
             .args(args);
