@@ -610,3 +610,46 @@ async fn podman_resolves_the_kata_rule_name_in_our_spec() {
     assert!(node_line(&g.to_string(), &format!("240, {g}")), "{text}");
     run.plugin.stop().await;
 }
+
+/// The release rule, step by step (no timing): two successful Lists in a
+/// row without the VF, a failed List in between starts the count again,
+/// and the grace since Allocate holds it back.
+#[test]
+fn release_needs_two_lists_in_a_row_and_the_grace() {
+    use kata_sriov_k8s::deviceplugin::allocate::{self, Listed, Reconciler};
+    let node = node(2, "");
+    let dp = dp_settings(&node, Duration::ZERO);
+    let host = host(&node);
+    let res = |p: &str| (p == "fast").then(|| RES.to_owned());
+    let vf = node.vf(0);
+    let held = || node.leases().iter().any(|l| l.0 == vf.to_string());
+    allocate::allocate(&host, &dp, "fast", RES, &[vf]).unwrap();
+    let mut r = Reconciler::new(Duration::ZERO);
+    r.allocated(vf);
+    let empty = Listed::new();
+    let listed: Listed = [((RES.to_owned(), vf.to_string()), "ns/p".to_owned())].into();
+
+    assert!(r.step(&host, &dp, &empty, res).unwrap().released.is_empty());
+    assert!(held(), "released after one List");
+    r.list_failed();
+    assert!(r.step(&host, &dp, &empty, res).unwrap().released.is_empty());
+    assert!(held(), "a failed List did not start the count again");
+    // Listed again: the count starts again too.
+    assert!(r
+        .step(&host, &dp, &listed, res)
+        .unwrap()
+        .released
+        .is_empty());
+    assert!(r.step(&host, &dp, &empty, res).unwrap().released.is_empty());
+    assert_eq!(r.step(&host, &dp, &empty, res).unwrap().released, [vf]);
+    assert!(!held());
+
+    // Within the grace, any number of Lists without it keeps it.
+    allocate::allocate(&host, &dp, "fast", RES, &[vf]).unwrap();
+    let mut r = Reconciler::new(Duration::from_secs(3600));
+    r.allocated(vf);
+    for _ in 0..5 {
+        assert!(r.step(&host, &dp, &empty, res).unwrap().released.is_empty());
+    }
+    assert!(held());
+}
