@@ -30,13 +30,9 @@ export KATA_SRIOV_CONFIG=$W/config.toml
 } >"$KATA_SRIOV_CONFIG"
 
 step "create $NVF VFs on $PF"
-check "write $NVF to sriov_numvfs" set_numvfs "$PF" "$NVF"
-for i in $(seq 0 $((NVF - 1))); do
-  wait_for 20 test -d "$SYS_PCI/$(vf_addr "$PF" "$i")/net" || fail "VF $i has no netdev"
-done
-vf_line() { ip -d link show "$pf_if" | grep -E "^ +vf $1 " | sed 's/ *$//'; }
+make_vfs "$PF" "$NVF"
 declare -A before
-for i in $(seq 0 $((NVF - 1))); do before[$i]=$(vf_line "$i"); done
+for i in $(seq 0 $((NVF - 1))); do before[$i]=$(vf_line_of "$pf_if" "$i"); done
 
 step "the stand-in kubelet, then the plugin"
 touch "$W/hold"
@@ -67,7 +63,7 @@ step "Allocate: $vf (VF $i) for pod lab/p1"
 check_eq "CDI name" "kata-sriov.io/vlan100=$vf" "$(jq -r '.allocate.cdi[0]' <<<"$out")"
 check_eq "device nodes" "/dev/vfio/vfio /dev/vfio/$g" "$(jq -r '[.allocate.devices[].container] | join(" ")' <<<"$out")"
 check_eq "$vf is on vfio-pci" vfio-pci "$(pci_driver "$vf")"
-check_match "the PF's vf $i line has VLAN 100" "vlan 100" "$(vf_line "$i")"
+check_match "the PF's vf $i line has VLAN 100" "vlan 100" "$(vf_line_of "$pf_if" "$i")"
 spec=$CDI/kata-sriov-dp-vlan100-${vf//:/_}.json
 check "CDI spec $spec exists" test -f "$spec"
 check_eq "CDI kind = resource name" "kata-sriov.io/vlan100" "$(jq -r .kind "$spec")"
@@ -85,7 +81,7 @@ rm "$W/hold"
 driver_is() { [ "$(pci_driver "$1")" = "$2" ]; }
 check "released: $vf back on igbvf" wait_for 30 driver_is "$vf" igbvf
 timing release_after_pod_gone "$t"
-check_eq "the PF's vf $i line as before" "${before[$i]}" "$(vf_line "$i")"
+check_eq "the PF's vf $i line as before" "${before[$i]}" "$(vf_line_of "$pf_if" "$i")"
 check "CDI spec deleted" test ! -e "$spec"
 check_eq "no lease left" 0 "$(find "$W/state/leases" -name '*.json' 2>/dev/null | wc -l)"
 finish
