@@ -44,7 +44,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub enum DevicePluginError {
     #[error("reading the device plugin's VFs")]
     Engine(#[source] Box<ClaimError>),
-    #[error("pod {pod}: {asked} network(s) asked from pool {pool:?}, but the device plugin gave the pod {held} VF(s) of it (request kata-sriov.io/{pool} in the pod's resources)")]
+    #[error("pod {pod}: {asked} network(s) asked from pool {pool:?}, but the device plugin gave the pod {held} VF(s) of it (ask for as many of the pool's resource, e.g. kata-sriov.io/{pool}, in the pod's limits)")]
     Count {
         pod: String,
         pool: String,

@@ -27,12 +27,6 @@ pub const UNHEALTHY: &str = "Unhealthy";
 pub enum DevicesError {
     #[error("reading the ledger: {0}")]
     Ledger(Box<ClaimError>),
-    #[error("pool {pool:?}: checking VF {vf}")]
-    Check {
-        pool: String,
-        vf: PciAddress,
-        source: Box<ClaimError>,
-    },
 }
 
 /// One device of a pool.

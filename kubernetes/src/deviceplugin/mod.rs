@@ -51,7 +51,7 @@ pub enum DevicePluginError {
     Devices(#[from] DevicesError),
     #[error(transparent)]
     Server(#[from] ServerError),
-    #[error("a background task of the device plugin failed: {0}")]
+    #[error("a background task of the device plugin failed")]
     Join(#[from] tokio::task::JoinError),
 }
 
