@@ -123,8 +123,8 @@ fn run_device_plugin(cfg: Config, a: DevicePluginArgs, log: slog::Logger) -> Res
         plugin_dir: a.plugin_dir,
         pod_resources: a.pod_resources_socket,
         cdi_dir: a.cdi_dir,
-        rescan: Duration::from_secs(a.rescan_seconds),
-        reconcile: Duration::from_secs(a.reconcile_seconds),
+        rescan: Duration::from_secs(a.rescan_seconds.clamp(1, 300)),
+        reconcile: Duration::from_secs(a.reconcile_seconds.clamp(1, 300)),
         grace: Duration::from_secs(a.release_grace_seconds),
     };
     let host = host(cfg)?;

@@ -37,8 +37,9 @@ use service::PoolPlugin;
 
 /// The kubelet's registration socket in the device-plugins directory.
 pub const KUBELET_SOCKET: &str = "kubelet.sock";
-/// Bounds of the rescan and reconcile intervals.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Bounds of the rescan and reconcile intervals (the command line takes
+/// whole seconds, 1 to 300; tests go down to the minimum).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
