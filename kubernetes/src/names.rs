@@ -192,6 +192,76 @@ pub fn slice_name(node: &str, pool: &str, index: usize) -> String {
     format!("{base}{suffix}")
 }
 
+/// Default prefix of the device plugin's extended resources
+/// (`<prefix>/<pool>`).
+pub const DEFAULT_RESOURCE_PREFIX: &str = "kata-sriov.io";
+/// Prefix of the CDI spec files the device plugin writes.
+pub const DP_CDI_FILE_PREFIX: &str = "kata-sriov-dp-";
+/// Prefix of the lease owners of the device plugin.
+pub const DP_OWNER_PREFIX: &str = kata_sriov::policy::owner::DEVICE_PLUGIN_PREFIX;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceNameError {
+    #[error(
+        "resource prefix {0:?} is not a DNS subdomain of lowercase letters, digits, '-' and '.'"
+    )]
+    Prefix(String),
+    #[error("pool {pool:?} cannot name an extended resource: the part after '/' must be 1 to 63 of [A-Za-z0-9_.-], starting and ending alphanumeric; rename the pool")]
+    Pool { pool: String },
+}
+
+/// The extended resource of `pool`: `<prefix>/<pool>` (also the CDI kind
+/// of its devices, so that Kata's `<resourceName>=<deviceID>` resolves).
+pub fn resource_name(prefix: &str, pool: &str) -> Result<String, ResourceNameError> {
+    if !dns_subdomain_ok(prefix) {
+        return Err(ResourceNameError::Prefix(
+            prefix.chars().take(260).collect(),
+        ));
+    }
+    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok = pool.len() <= 63
+        && ends(pool.chars().next())
+        && ends(pool.chars().last())
+        && pool
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(ResourceNameError::Pool {
+            pool: pool.to_owned(),
+        });
+    }
+    Ok(format!("{prefix}/{pool}"))
+}
+
+/// The device plugin's socket for `pool`, a file name in the kubelet's
+/// device-plugins directory.
+pub fn dp_socket(pool: &str) -> String {
+    format!("kata-sriov-{pool}.sock")
+}
+
+/// The lease owner of a VF the device plugin allocated from `pool`.
+pub fn dp_owner(pool: &str, vf: PciAddress) -> String {
+    format!("{DP_OWNER_PREFIX}{pool}/{vf}")
+}
+
+/// The pool and VF of a device plugin lease owner; None for other owners.
+pub fn parse_dp_owner(owner: &str) -> Option<(&str, PciAddress)> {
+    let rest = owner.strip_prefix(DP_OWNER_PREFIX)?;
+    let (pool, vf) = rest.split_once('/')?;
+    let addr: PciAddress = vf.parse().ok()?;
+    (addr.to_string() == vf && !pool.is_empty()).then_some((pool, addr))
+}
+
+/// The CDI spec file stem of a VF the device plugin allocated.
+pub fn dp_cdi_stem(pool: &str, vf: PciAddress) -> String {
+    let addr: String = vf
+        .to_string()
+        .chars()
+        .map(|c| if c == ':' { '_' } else { c })
+        .collect();
+    format!("{DP_CDI_FILE_PREFIX}{pool}-{addr}")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -215,6 +285,36 @@ mod tests {
         ] {
             assert!(parse_device_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn device_plugin_names() {
+        let vf: PciAddress = "0000:3b:10.7".parse().unwrap();
+        assert_eq!(
+            resource_name("kata-sriov.io", "fast").unwrap(),
+            "kata-sriov.io/fast"
+        );
+        assert_eq!(resource_name("x.io", "Slow_1.a").unwrap(), "x.io/Slow_1.a");
+        for bad in ["Kata.io", "", "a/b", "-a"] {
+            assert!(resource_name(bad, "fast").is_err(), "{bad:?}");
+        }
+        for bad in ["fast_", "_x", &"p".repeat(64)] {
+            let e = resource_name("kata-sriov.io", bad).unwrap_err();
+            assert!(e.to_string().contains("rename the pool"), "{e}");
+        }
+        let o = dp_owner("fast", vf);
+        assert_eq!(o, "k8s-dp/fast/0000:3b:10.7");
+        assert_eq!(parse_dp_owner(&o), Some(("fast", vf)));
+        for other in [
+            "default/c1",
+            "k8s-dp/fast",
+            "k8s-dp//0000:3b:10.7",
+            "k8s-dp/f/3b:10.7",
+        ] {
+            assert_eq!(parse_dp_owner(other), None, "{other}");
+        }
+        assert!(!is_claim_owner(&o));
+        assert_eq!(dp_cdi_stem("fast", vf), "kata-sriov-dp-fast-0000_3b_10.7");
     }
 
     #[test]

@@ -378,10 +378,11 @@ pub fn unprepare(host: &Host, s: &Settings, uid: &str) -> Result<Vec<PciAddress>
     Ok(released)
 }
 
-/// What start-up recovery did.
+/// What start-up recovery did (of the DRA driver or the device plugin).
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Claims prepared before (complete leases under a claim UID).
+    /// Claims prepared before (complete leases under a claim UID), or the
+    /// VFs the device plugin holds.
     pub prepared: Vec<String>,
     /// CDI specs deleted because no lease backs them.
     pub stale_specs: Vec<String>,
@@ -391,10 +392,24 @@ pub struct Recovered {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    #[error("recovering prepared claims: {0}")]
+    #[error("recovering from the ledger: {0}")]
     Claim(Box<ClaimError>),
-    #[error("recovering prepared claims: {0}")]
+    #[error("recovering from the ledger: {0}")]
     Cdi(#[from] CdiError),
+    #[error("recovering from the ledger: {0}")]
+    DevicePlugin(Box<crate::deviceplugin::allocate::AllocError>),
+}
+
+/// One line of what the engine's gc did.
+pub fn gc_summary(gc: &kata_sriov::engine::claim::GcReport) -> String {
+    format!(
+        "{} released, {} quarantined, {} busy, {} failed, {} kept",
+        gc.released.len(),
+        gc.quarantined.len(),
+        gc.busy.len(),
+        gc.failed.len(),
+        gc.kept
+    )
 }
 
 /// On start: finishes claims and releases a crash interrupted (the
@@ -410,14 +425,7 @@ pub fn recover(host: &Host, s: &Settings) -> Result<Recovered, RecoverError> {
     Ok(Recovered {
         prepared,
         stale_specs: stale,
-        gc: format!(
-            "{} released, {} quarantined, {} busy, {} failed, {} kept",
-            gc.released.len(),
-            gc.quarantined.len(),
-            gc.busy.len(),
-            gc.failed.len(),
-            gc.kept
-        ),
+        gc: gc_summary(&gc),
     })
 }
 

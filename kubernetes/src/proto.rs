@@ -12,3 +12,11 @@ pub mod dra_v1beta1 {
 pub mod pluginregistration {
     tonic::include_proto!("pluginregistration");
 }
+
+pub mod deviceplugin {
+    tonic::include_proto!("v1beta1");
+}
+
+pub mod podresources {
+    tonic::include_proto!("v1");
+}

@@ -73,8 +73,10 @@ fn every_manifest_is_the_type_it_claims() {
             "ClusterRole",
             "ClusterRoleBinding",
             "DaemonSet",
+            "DaemonSet",
             "DeviceClass",
             "Namespace",
+            "Pod",
             "Pod",
             "ResourceClaimTemplate",
             "ServiceAccount"
@@ -125,16 +127,15 @@ fn rbac_grants_exactly_what_the_agent_calls() {
     assert_eq!(b.role_ref.name, role.metadata.name.unwrap());
 }
 
-#[test]
-fn daemonset_arguments_are_the_binarys() {
-    let ds: DaemonSet = typed("daemonset.yaml", &load("daemonset.yaml"));
+/// The DaemonSet's container: its arguments are accepted by the real
+/// binary (clap refuses an unknown flag before it gets to --help) and it
+/// mounts `mounts`.
+fn daemonset_container(file: &str, mounts: &[&str]) -> k8s_openapi::api::core::v1::PodSpec {
+    let ds: DaemonSet = typed(file, &load(file));
     let pod = ds.spec.unwrap().template.spec.unwrap();
-    assert_eq!(pod.service_account_name.as_deref(), Some("kata-sriov-k8s"));
     assert_eq!(pod.host_network, Some(true));
     let c = &pod.containers[0];
     let args = c.args.clone().unwrap();
-    // The real binary accepts them: clap refuses an unknown flag before
-    // it gets to --help.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kata-sriov-k8s"))
         .args(&args)
         .arg("--help")
@@ -143,15 +144,44 @@ fn daemonset_arguments_are_the_binarys() {
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{file}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let have: Vec<&str> = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    for p in mounts {
+        assert!(have.contains(p), "{file}: {p} not mounted");
+    }
+    pod
+}
+
+#[test]
+fn daemonset_arguments_are_the_binarys() {
+    // The kubelet's directories and the host's ledger are mounted.
+    let pod = daemonset_container(
+        "daemonset.yaml",
+        &[
+            "/var/lib/kubelet/plugins_registry",
+            "/var/lib/kubelet/plugins",
+            "/var/run/cdi",
+            "/run/kata-sriov",
+            "/etc/kata-sriov",
+            "/sys",
+            "/dev",
+        ],
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("kata-sriov-k8s"));
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kata-sriov-k8s"))
         .args(["dra", "--no-such-flag", "--help"])
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    let env = c.env.as_ref().unwrap();
+    let env = pod.containers[0].env.as_ref().unwrap();
     let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
     let field = node
         .value_from
@@ -161,25 +191,45 @@ fn daemonset_arguments_are_the_binarys() {
         .as_ref()
         .unwrap();
     assert_eq!(field.field_path, "spec.nodeName");
-    // The kubelet's directories and the host's ledger are mounted.
-    let mounts: Vec<&str> = c
-        .volume_mounts
+}
+
+#[test]
+fn device_plugin_daemonset_and_pod() {
+    let pod = daemonset_container(
+        "daemonset-device-plugin.yaml",
+        &[
+            "/var/lib/kubelet/device-plugins",
+            "/var/lib/kubelet/pod-resources",
+            "/var/run/cdi",
+            "/run/kata-sriov",
+            "/etc/kata-sriov",
+            "/sys",
+            "/dev",
+        ],
+    );
+    assert_eq!(pod.containers[0].args.as_ref().unwrap()[1], "device-plugin");
+    // It calls no API server: no service account rights.
+    assert_eq!(pod.service_account_name, None);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kata-sriov-k8s"))
+        .args(["device-plugin", "--no-such-flag", "--help"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    // The pod asks for the resource the plugin registers for pool "fast",
+    // and its annotation is a valid request for that pool.
+    let p: Pod = typed("pod-device-plugin.yaml", &load("pod-device-plugin.yaml"));
+    let limits = p.spec.as_ref().unwrap().containers[0]
+        .resources
         .as_ref()
         .unwrap()
-        .iter()
-        .map(|m| m.mount_path.as_str())
-        .collect();
-    for p in [
-        "/var/lib/kubelet/plugins_registry",
-        "/var/lib/kubelet/plugins",
-        "/var/run/cdi",
-        "/run/kata-sriov",
-        "/etc/kata-sriov",
-        "/sys",
-        "/dev",
-    ] {
-        assert!(mounts.contains(&p), "{p} not mounted");
-    }
+        .limits
+        .clone()
+        .unwrap();
+    let res = kata_sriov_k8s::names::resource_name("kata-sriov.io", "fast").unwrap();
+    assert_eq!(limits[&res].0, "1");
+    let ann = &p.metadata.annotations.unwrap()["io.kata-sriov.networks"];
+    let reqs = kata_sriov::policy::request::parse_request(ann).unwrap();
+    assert_eq!(reqs[0].pool.as_str(), "fast");
 }
 
 #[test]

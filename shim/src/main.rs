@@ -14,6 +14,7 @@
 
 mod args;
 mod delegate;
+mod devplugin;
 mod response;
 
 use std::convert::Infallible;
@@ -171,13 +172,19 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
         info!(log, "start: no request"; "id" => id, "delegate" => %path.display());
         return Err(delegate::exec(&path, rest).into());
     }
-    let owner = a
-        .owner()
-        .ok_or_else(|| anyhow!("start: -namespace and -id are needed to claim a VF"))?;
     let nl = KernelNetlink::new().context("opening netlink")?;
     let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
     let engine = Engine::new(&cfg, &nl, &binder)?;
     let log = open_log(&cfg);
+    if plan.cri == CriKind::Sandbox {
+        let started = devplugin::start(&engine, &spec, &plan.requests, &bundle, &path, rest, &log)?;
+        if let Some(e) = started {
+            return Err(e.into());
+        }
+    }
+    let owner = a
+        .owner()
+        .ok_or_else(|| anyhow!("start: -namespace and -id are needed to claim a VF"))?;
     let original = spec.clone();
     plan.owned_by(owner.clone(), OwnerCheck::Bundle(bundle.clone()));
     let claimed = flow::claim_for_shim(&engine, &mut spec, &plan)

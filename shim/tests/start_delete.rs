@@ -350,3 +350,76 @@ fn delegate_that_cannot_be_executed_fails_start_and_undoes_the_claim() {
         serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(after, before);
 }
+
+/// A device plugin lease of VF `n` for pod `ns/p1`, as the node agent
+/// leaves it after Allocate and a PodResources List.
+fn device_plugin_lease(s: &Setup, n: u32) -> String {
+    let vf = s.host.vf_addr(n);
+    let mut l = kata_sriov::testing::sample_lease(&vf, &format!("k8s-dp/{POOL}/{vf}"));
+    l.pool = POOL.into();
+    l.state = kata_sriov::state::ledger::LeaseState::Claimed;
+    l.mac = Some("02:00:00:00:00:01".parse().unwrap());
+    l.pod = Some("ns/p1".into());
+    kata_sriov::state::ledger::Ledger::open(&s.host.state)
+        .unwrap()
+        .create(&l)
+        .unwrap();
+    vf
+}
+
+fn pod_sandbox(request: &str) -> serde_json::Value {
+    serde_json::json!({REQUEST: request, "io.kubernetes.cri.container-type": "sandbox",
+        "io.kubernetes.cri.sandbox-namespace": "ns", "io.kubernetes.cri.sandbox-name": "p1"})
+}
+
+#[test]
+fn start_of_a_device_plugin_pod_writes_only_the_guest_annotation() {
+    let s = setup(
+        2,
+        pod_sandbox(r#"[{"pool":"p","name":"net1","ips":["10.0.0.5/24"],"gateway":"10.0.0.1"}]"#),
+        true,
+    );
+    let vf = device_plugin_lease(&s, 1);
+    let before: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    let o = shim(&s, Path::new(SHIM), &start_args("sb1"));
+    assert!(o.status.success(), "{o:?}\n{}", s.host.log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "unix:///run/fake.sock");
+    // Nothing claimed: the device plugin's lease is the only one.
+    assert_eq!(s.host.owners(), vec![format!("k8s-dp/{POOL}/{vf}")]);
+    // The spec: exactly the guest annotation added (no owner annotation, no
+    // /dev/vfio node: Kata cold-plugs the VF from PodResources + CDI).
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    let guest = spec["annotations"]["io.kata-sriov.guest-networks"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut want = before.clone();
+    want["annotations"]["io.kata-sriov.guest-networks"] = guest.clone().into();
+    assert_eq!(spec, want);
+    let g: serde_json::Value = serde_json::from_str(&guest).unwrap();
+    assert_eq!(
+        g,
+        serde_json::json!([{"mac":"02:00:00:00:00:01","pci_id":"8086:154c","name":"net1",
+            "ips":["10.0.0.5/24"],"gateway":"10.0.0.1"}])
+    );
+    assert!(s.host.log().contains("the device plugin's VFs of the pod"));
+}
+
+#[test]
+fn a_device_plugin_pod_asking_more_than_it_holds_fails_start_and_changes_nothing() {
+    let s = setup(2, pod_sandbox("p,p"), true);
+    device_plugin_lease(&s, 0);
+    let before = fs::read(s.bundle.join("config.json")).unwrap();
+    let o = shim(&s, Path::new(SHIM), &start_args("sb1"));
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pod ns/p1: 2 network(s) asked from pool \"p\"") && err.contains("1 VF(s)"),
+        "{err}"
+    );
+    assert!(!s.out.join("argv").exists(), "the delegate ran");
+    assert_eq!(fs::read(s.bundle.join("config.json")).unwrap(), before);
+    assert_eq!(s.host.leases().len(), 1);
+}

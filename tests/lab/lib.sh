@@ -59,6 +59,16 @@ pci_group() { basename "$(readlink "$SYS_PCI/$1/iommu_group")"; }
 pci_group_members() { ls "/sys/kernel/iommu_groups/$(pci_group "$1")/devices" | tr '\n' ' '; }
 vf_addr() { basename "$(readlink "$SYS_PCI/$1/virtfn$2")"; }
 set_numvfs() { echo "$2" >"$SYS_PCI/$1/sriov_numvfs"; }
+# make_vfs PF N: N VFs on PF (checked), each waited for until it has a netdev.
+make_vfs() {
+  local i
+  check "write $2 to sriov_numvfs of $1" set_numvfs "$1" "$2"
+  for i in $(seq 0 $(($2 - 1))); do
+    wait_for 20 test -d "$SYS_PCI/$(vf_addr "$1" "$i")/net" || fail "VF $i of $1 has no netdev"
+  done
+}
+# vf_line_of IF N: the `vf N` line of PF interface IF (ip -d link), trailing blanks cut.
+vf_line_of() { ip -d link show "$1" | grep -E "^ +vf $2 " | sed 's/ *$//'; }
 
 # vlan100_pool PF: the scenarios' config section for pool vlan100 on PF
 # (VLAN 100, spoof checking on, trust off, a generated MAC).

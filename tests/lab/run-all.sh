@@ -15,6 +15,9 @@ t_prep=$((SECONDS - t0))
 if [ "${LAB_BUILD:-1}" != 0 ] && command -v cargo >/dev/null 2>&1; then
   tb=$SECONDS
   (cd "$REPO" && cargo build --workspace --bins) || { echo "run-all: cargo build failed" >&2; exit 1; }
+  # The devplugin scenario's stand-in kubelet.
+  (cd "$REPO" && cargo build -p kata-sriov-k8s --example lab-kubelet) ||
+    { echo "run-all: cargo build of lab-kubelet failed" >&2; exit 1; }
   # The passthrough scenario's inner VM has no libc: kata-sriov-guest static.
   (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p kata-sriov-guest --target x86_64-unknown-linux-gnu) ||

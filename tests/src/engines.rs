@@ -99,6 +99,29 @@ impl Engines {
     }
 }
 
+/// podman's global flags for a private instance: its image store under
+/// `storage`, its run state under `/run/containers/storage` (bind a private
+/// directory on `/run`: runc's and conmon's state live there too), vfs,
+/// cgroupfs, events to a file, runc.
+pub fn podman_private_args(storage: &Path) -> Vec<OsString> {
+    let mut out: Vec<OsString> = vec!["--root".into(), storage.into()];
+    for a in [
+        "--runroot",
+        "/run/containers/storage",
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "file",
+        "--runtime",
+        "runc",
+    ] {
+        out.push(a.into());
+    }
+    out
+}
+
 /// Asserts success; stdout as text.
 pub fn ok(what: &str, o: &Output) -> String {
     assert!(

@@ -344,3 +344,16 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A busybox rootfs under `dir` (a static busybox with its applets linked).
+pub fn busybox_rootfs(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("{e}"));
+    for d in ["proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap_or_else(|e| panic!("{e}"));
+    for a in ["sh", "ip", "sleep", "cat", "ls", "echo", "true"] {
+        std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

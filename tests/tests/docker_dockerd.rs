@@ -16,8 +16,9 @@ mod netdev_support;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use kata_sriov_tests::busybox_rootfs;
 use kata_sriov_tests::engines::{major, tar_of, Dockerd, Engines};
-use netdev_support::{busybox_rootfs, Plugin, VethHost};
+use netdev_support::{Plugin, VethHost};
 
 /// The lines of busybox `ip addr` about the interface whose line has `eth0`.
 fn eth0_block(out: &str) -> String {

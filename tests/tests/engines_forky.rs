@@ -30,10 +30,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use kata_sriov_tests::busybox_rootfs;
 use kata_sriov_tests::cri::{v1 as cri, Cri};
-use kata_sriov_tests::engines::{major, oci_image_tar, ok, tar_of, Containerd, Dockerd, Engines};
+use kata_sriov_tests::engines::{
+    major, oci_image_tar, ok, podman_private_args, tar_of, Containerd, Dockerd, Engines,
+};
 use kata_sriov_tests::{eventually, output_within, workspace_bin, FakeHost, FakeKernel};
-use netdev_support::busybox_rootfs;
 
 const POOL: &str = "fast";
 const REQUEST: &str = "io.kata-sriov.networks";
@@ -1002,20 +1004,7 @@ impl Podman {
 
     fn podman(&self, args: &[&str]) -> std::process::Output {
         let mut c = self.engines.command("podman");
-        c.arg("--root")
-            .arg(self.dir.join("storage"))
-            .args([
-                "--runroot",
-                "/run/containers/storage",
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-                "--runtime",
-                "runc",
-            ])
+        c.args(podman_private_args(&self.dir.join("storage")))
             .arg("--hooks-dir")
             .arg(&self.hooks)
             .args(args);

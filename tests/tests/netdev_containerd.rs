@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use kata_sriov_tests::busybox_rootfs;
 use kata_sriov_tests::engines::{Containerd, Engines};
 use kata_sriov_tests::workspace_bin;
-use netdev_support::{busybox_rootfs, quiet_ok, with_netdev_hooks, Netns, VethHost};
+use netdev_support::{quiet_ok, with_netdev_hooks, Netns, VethHost};
 
 #[test]
 fn containerd_runc_container_gets_the_vf_netdev_and_gives_it_back() {

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use kata_sriov_tests::busybox_rootfs;
 use kata_sriov_tests::{output_with_stdin, workspace_bin};
-use netdev_support::{busybox_rootfs, quiet_ok, with_netdev_hooks, Netns, VethHost};
+use netdev_support::{quiet_ok, with_netdev_hooks, Netns, VethHost};
 
 fn base_spec() -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/runc-config.json");

@@ -6,7 +6,7 @@
 //! `{"pfs":[{"pf","netdevs","total_vfs","num_vfs","driver","pools",
 //! "vfs":[{"index","vf","pci_id","driver","netdev","iommu_group",
 //! "settings"|null,"settings_error"?,"lease"|null}]}],
-//! "leases":[{"vf","owner","pool","state","mac","pf","vf_index","created"}],
+//! "leases":[{"vf","owner","pool","state","mac","pf","vf_index","created","pod"?}],
 //! "quarantined":[{"vf","path","reason"}]}`.
 
 use std::collections::HashMap;
@@ -32,6 +32,9 @@ pub struct LeaseSummary {
     pub pf: PciAddress,
     pub vf_index: u32,
     pub created: u64,
+    /// The Kubernetes pod holding a device plugin's VF, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl From<&Lease> for LeaseSummary {
@@ -45,6 +48,7 @@ impl From<&Lease> for LeaseSummary {
             pf: l.pf,
             vf_index: l.vf_index,
             created: l.created,
+            pod: l.pod.clone(),
         }
     }
 }
@@ -238,6 +242,9 @@ pub fn render(s: &Status) -> String {
                         l.state,
                         l.pool
                     );
+                    if let Some(p) = &l.pod {
+                        let _ = write!(line, " for pod {}", printable(p));
+                    }
                 }
                 None => line.push_str(" free"),
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::engine::claim::{ClaimError, Engine};
 use crate::pci::PciAddress;
 use crate::policy::owner;
-use crate::state::ledger::{self, Lease, LockGuard, OwnerCheck};
+use crate::state::ledger::{self, Lease, LeaseState, LockGuard, OwnerCheck};
 
 /// How long a change to one lease waits for its VF's lock.
 pub const HOLD_WAIT: Duration = Duration::from_secs(30);
@@ -44,6 +44,47 @@ impl<'a> Engine<'a> {
             lease,
             _guard: guard,
         })
+    }
+
+    /// Records `pod` (`namespace/name`, None: none) as the holder of the
+    /// device plugin VF `vf` when `owner` still holds it. Returns whether
+    /// the lease changed.
+    pub fn set_pod(
+        &'a self,
+        vf: PciAddress,
+        owner: &str,
+        pod: Option<&str>,
+    ) -> Result<bool, ClaimError> {
+        let mut held = self.hold(vf, HOLD_WAIT)?;
+        if held.lease.owner != owner || held.lease.pod.as_deref() == pod {
+            return Ok(false);
+        }
+        if pod.is_some_and(|p| !owner::valid(p)) {
+            return Err(ClaimError::BadOwner(crate::error::printable(
+                pod.unwrap_or_default(),
+            )));
+        }
+        held.lease.pod = pod.map(str::to_owned);
+        held.commit()?;
+        Ok(true)
+    }
+
+    /// The complete leases of the Kubernetes device plugin: those recorded
+    /// for `pod` (`namespace/name`), and how many no pod is recorded for yet.
+    pub fn device_plugin_leases(&self, pod: &str) -> Result<(Vec<Lease>, usize), ClaimError> {
+        let mut mine = Vec::new();
+        let mut unknown = 0;
+        for l in self.ledger.list()?.into_iter().filter_map(|e| e.lease.ok()) {
+            if !l.owner.starts_with(owner::DEVICE_PLUGIN_PREFIX) || l.state != LeaseState::Claimed {
+                continue;
+            }
+            match l.pod.as_deref() {
+                Some(p) if p == pod => mine.push(l),
+                Some(_) => {}
+                None => unknown += 1,
+            }
+        }
+        Ok((mine, unknown))
     }
 
     /// The readable leases recorded under `owner`.

@@ -113,6 +113,18 @@ pub enum MacPolicy {
     Request,
 }
 
+/// How a device plugin picks VFs of a pool across its PFs when the
+/// kubelet asks for a preferred allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    /// Across as many PFs as possible (a PF's failure costs a pod least).
+    #[default]
+    Spread,
+    /// On as few PFs as possible (keeps other PFs free for large requests).
+    Pack,
+}
+
 /// How the guest learns its network configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -157,6 +169,9 @@ pub struct Pool {
     /// VFs `kata-sriov setup` creates on each of the pool's PFs.
     #[serde(default)]
     pub num_vfs: Option<u32>,
+    /// Device plugin: spread or pack a pod's VFs across the PFs.
+    #[serde(default)]
+    pub allocation: Allocation,
 }
 
 impl Pool {
@@ -556,6 +571,7 @@ mtu = 9000
 mac = "request"
 guest = "dan"
 num_vfs = 8
+allocation = "pack"
 [[pools]]
 name = "plain"
 pfs = ["ens2f0"]
@@ -578,6 +594,8 @@ mac = "keep"
         let plain = c.pool("plain").unwrap();
         assert!(!plain.uses_netlink());
         assert_eq!(c.guest_mode(plain), GuestMode::Helper);
+        assert_eq!(fast.allocation, Allocation::Pack);
+        assert_eq!(plain.allocation, Allocation::Spread);
     }
 
     #[test]
@@ -597,6 +615,10 @@ mac = "keep"
     fn errors_name_key_value_and_file() {
         let cases = [
             ("bogus = 1", "bogus"),
+            (
+                "[[pools]]\nname = \"a\"\npfs = [\"x\"]\nallocation = \"round\"",
+                "round",
+            ),
             (
                 "[[pools]]\nname = \"a\"\npfs = [\"x\"]\nvlan = 5000",
                 "5000",

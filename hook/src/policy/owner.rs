@@ -10,6 +10,9 @@ use crate::kernel::random;
 /// Annotation the host side writes: the token the VFs' leases are recorded
 /// under. Poststop releases by it.
 pub const OWNER_ANNOTATION: &str = "io.kata-sriov.owner";
+/// Prefix of the owners of VFs the Kubernetes device plugin allocated
+/// (`k8s-dp/<pool>/<pci>`).
+pub const DEVICE_PLUGIN_PREFIX: &str = "k8s-dp/";
 /// Longest owner token.
 pub const MAX_OWNER: usize = 512;
 

@@ -117,6 +117,10 @@ pub struct Lease {
     pub dan_file: Option<PathBuf>,
     #[serde(default)]
     pub netdev_move: Option<NetdevMove>,
+    /// The Kubernetes pod (`namespace/name`) that holds a device plugin's
+    /// VF, recorded by the node agent from the kubelet's PodResources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// Unix seconds.
     pub created: u64,
     pub updated: u64,

@@ -148,19 +148,6 @@ pub fn with_netdev_hooks(spec: &mut Value, ns: &Netns, bin: &Path, host: &VethHo
     });
 }
 
-/// A busybox rootfs under `dir` (a static busybox with its applets linked).
-pub fn busybox_rootfs(dir: &Path) {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("{e}"));
-    for d in ["proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap_or_else(|e| panic!("{e}"));
-    }
-    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap_or_else(|e| panic!("{e}"));
-    for a in ["sh", "ip", "sleep", "cat", "ls", "echo", "true"] {
-        std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
 /// A running `kata-sriov docker-plugin` on its own socket.
 pub struct Plugin {
     pub child: Option<std::process::Child>,
