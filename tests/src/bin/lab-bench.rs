@@ -13,8 +13,8 @@
 //! `lab-bench compare CONFIG POOL PF_IFNAME VF_PCI_ADDRESS VF_INDEX CYCLES`:
 //! both on the same VF (the engine's request is pinned to it), one floor
 //! cycle and one engine cycle alternately, so that load on the machine
-//! falls on both. Prints `FLOOR_MS ENGINE_MS` (means) on stdout and the
-//! per-phase breakdown of each on stderr.
+//! falls on both. Prints `FLOOR_MS ENGINE_MS` (medians per cycle) on
+//! stdout and the per-phase breakdown of each (medians) on stderr.
 //!
 //! The others print the mean milliseconds per cycle.
 
@@ -67,28 +67,42 @@ fn engine(a: &[String]) -> anyhow::Result<u32> {
     Ok(n)
 }
 
-/// Time per named phase, summed over cycles, in first-seen order.
+/// Time per named phase, one sample per cycle, in first-seen order.
 #[derive(Default)]
 struct Phases {
     order: Vec<String>,
-    total: BTreeMap<String, Duration>,
+    samples: BTreeMap<String, Vec<Duration>>,
 }
 
 impl Phases {
     fn add(&mut self, name: &str, d: Duration) {
-        if !self.total.contains_key(name) {
+        if !self.samples.contains_key(name) {
             self.order.push(name.to_owned());
         }
-        *self.total.entry(name.to_owned()).or_default() += d;
+        let v = self.samples.entry(name.to_owned()).or_default();
+        v.push(d);
     }
 
-    fn print(&self, title: &str, cycles: u32) {
-        let all: Duration = self.total.values().sum();
-        eprintln!("{title}: {:.1} ms per cycle", ms(all, cycles));
+    /// Medians per phase (TCG under load has outliers that a mean would
+    /// charge to whichever phase they hit).
+    fn print(&self, title: &str, totals: &[Duration]) {
+        eprintln!(
+            "{title}: median {:.1} ms per cycle, mean {:.1} ms, {} cycles; per phase, median:",
+            median(totals),
+            ms(totals.iter().sum(), totals.len() as u32),
+            totals.len()
+        );
         for name in &self.order {
-            eprintln!("  {name:<42} {:>7.2} ms", ms(self.total[name], cycles));
+            eprintln!("  {name:<52} {:>7.2} ms", median(&self.samples[name]));
         }
     }
+}
+
+/// Median in milliseconds.
+fn median(v: &[Duration]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 fn ms(d: Duration, cycles: u32) -> f64 {
@@ -240,11 +254,11 @@ fn compare(a: &[String]) -> anyhow::Result<()> {
         r.vf = Some(floor.vf);
     }
     let (mut fp, mut ep) = (Phases::default(), Phases::default());
-    let (mut ft, mut et) = (Duration::ZERO, Duration::ZERO);
+    let (mut ft, mut et) = (Vec::new(), Vec::new());
     for i in 0..n {
         let t = Instant::now();
         floor.cycle(&mut fp)?;
-        ft += t.elapsed();
+        ft.push(t.elapsed());
 
         let owner = format!("bench/{i}");
         steps
@@ -256,7 +270,7 @@ fn compare(a: &[String]) -> anyhow::Result<()> {
         let claimed = Instant::now();
         engine.release(&owner)?;
         let end = Instant::now();
-        et += end - t;
+        et.push(end - t);
         let mut last = t;
         let taken = std::mem::take(&mut *steps.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
         for (s, at) in taken {
@@ -269,8 +283,8 @@ fn compare(a: &[String]) -> anyhow::Result<()> {
         }
         ep.add("release: return", end - last);
     }
-    fp.print("floor", n);
-    ep.print("engine", n);
-    println!("{:.1} {:.1}", ms(ft, n), ms(et, n));
+    fp.print("floor", &ft);
+    ep.print("engine", &et);
+    println!("{:.1} {:.1}", median(&ft), median(&et));
     Ok(())
 }
