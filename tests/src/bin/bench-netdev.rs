@@ -9,10 +9,12 @@
 //! nothing on the PF). host-device: `CNI_COMMAND=ADD` then `DEL` with the
 //! `static` IPAM plugin. Each ADD is checked against what the kernel then
 //! reports (the address on `net1` in the namespace), each DEL by the netdev
-//! being back under its name. No real VF here: the lab has those (a veth
-//! is the first measurement). Needs root.
+//! being back under its name. Needs root.
 //!
 //! `cargo run --release -p kata-sriov-tests --bin bench-netdev -- [--rounds 20]`
+//! on this machine (a veth stands in for the VF), or, with a real VF (the
+//! lab's `netdev-bench` scenario), `bench-netdev --real CONFIG VF_NETDEV`:
+//! CONFIG has a netdev pool `nd` whose first free VF has netdev VF_NETDEV.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,10 @@ fn run(cmd: &mut Command, input: &[u8]) -> anyhow::Result<()> {
 struct Bench {
     _dir: tempfile::TempDir,
     tag: String,
+    /// The VF's netdev on the host.
+    host_name: String,
+    /// A veth pair of ours to delete at the end (not with a real VF).
+    veth: bool,
     ns: String,
     holder: Child,
     bundle: PathBuf,
@@ -75,30 +81,41 @@ impl Drop for Bench {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
         let _ = ip(&["netns", "del", &self.ns]);
-        del_vf_veths(&self.tag, 1);
+        if self.veth {
+            del_vf_veths(&self.tag, 1);
+        }
     }
 }
 
 impl Bench {
-    fn new() -> anyhow::Result<Bench> {
+    /// `real`: (config, VF netdev) of a real VF; else a fake tree whose
+    /// VF netdev is a veth.
+    fn new(real: Option<(PathBuf, String)>) -> anyhow::Result<Bench> {
         let tag = format!("kb{:x}", std::process::id() % 0xfff);
         let dir = tempfile::Builder::new()
             .prefix("ks-bench-netdev")
             .tempdir_in("/dev/shm")?;
-        let sys = dir.path().join("sys");
-        let fake = FakeSysfs::new(&sys);
-        fake.add_pf_with("0000:3b:00.0", &format!("{tag}p"), 1, 8, Some("igbvf"));
-        del_vf_veths(&tag, 1);
-        add_vf_veths(&tag, 1);
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\nsysfs_root = {:?}\n[[pools]]\nname = \"nd\"\npfs = [\"0000:3b:00.0\"]\nmode = \"netdev\"\nmac = \"keep\"\n",
-                dir.path().join("state"),
-                sys
-            ),
-        )?;
+        let veth = real.is_none();
+        let (config, host_name) = match real {
+            Some(r) => r,
+            None => {
+                let sys = dir.path().join("sys");
+                let fake = FakeSysfs::new(&sys);
+                fake.add_pf_with("0000:3b:00.0", &format!("{tag}p"), 1, 8, Some("igbvf"));
+                del_vf_veths(&tag, 1);
+                add_vf_veths(&tag, 1);
+                let config = dir.path().join("config.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "state_dir = {:?}\nsysfs_root = {:?}\n[[pools]]\nname = \"nd\"\npfs = [\"0000:3b:00.0\"]\nmode = \"netdev\"\nmac = \"keep\"\n",
+                        dir.path().join("state"),
+                        sys
+                    ),
+                )?;
+                (config, format!("{tag}pv0"))
+            }
+        };
         let bundle = dir.path().join("bundle");
         std::fs::create_dir_all(&bundle)?;
         std::fs::write(
@@ -133,15 +150,13 @@ impl Bench {
             log: dir.path().join("log"),
             _dir: dir,
             tag,
+            host_name,
+            veth,
             ns,
             holder,
             bundle,
             config,
         })
-    }
-
-    fn host_name(&self) -> String {
-        format!("{}pv0", self.tag)
     }
 
     fn check_in(&self) -> anyhow::Result<()> {
@@ -157,9 +172,9 @@ impl Bench {
     }
 
     fn check_back(&self) -> anyhow::Result<()> {
-        ip(&["link", "show", "dev", &self.host_name()])
+        ip(&["link", "show", "dev", &self.host_name])
             .map(|_| ())
-            .with_context(|| format!("{} is not back on the host", self.host_name()))
+            .with_context(|| format!("{} is not back on the host", self.host_name))
     }
 
     /// One kata-sriov cycle: (attach, detach) times.
@@ -191,7 +206,7 @@ impl Bench {
     fn host_device(&self) -> anyhow::Result<(Duration, Duration)> {
         let conf = serde_json::to_vec(&json!({
             "cniVersion": "1.0.0", "name": "bench", "type": "host-device",
-            "device": self.host_name(),
+            "device": self.host_name,
             "ipam": {"type": "static", "addresses": [{"address": "10.79.1.5/24", "gateway": "10.79.1.1"}],
                      "routes": [{"dst": "0.0.0.0/0", "gw": "10.79.1.1"}]}
         }))?;
@@ -238,7 +253,19 @@ fn main() -> anyhow::Result<()> {
             bin.display()
         );
     }
-    let b = Bench::new()?;
+    let real = match args.iter().position(|a| a == "--real") {
+        Some(i) => Some((
+            PathBuf::from(args.get(i + 1).context("--real CONFIG VF_NETDEV")?),
+            args.get(i + 2).context("--real CONFIG VF_NETDEV")?.clone(),
+        )),
+        None => None,
+    };
+    let what = if real.is_some() {
+        "a real VF"
+    } else {
+        "a veth"
+    };
+    let b = Bench::new(real)?;
     let (mut ks, mut hd) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         ks.push(b.kata_sriov(&bin)?);
@@ -249,7 +276,7 @@ fn main() -> anyhow::Result<()> {
     };
     let whole = |v: &[(Duration, Duration)]| median(v.iter().map(|(a, d)| *a + *d).collect());
     println!(
-        "netdev into a fresh namespace and back (veth, renamed net1, static address + gateway), median of {rounds} alternated rounds, both as processes:"
+        "netdev into a fresh namespace and back ({what}, renamed net1, static address + gateway), median of {rounds} alternated rounds, both as processes:"
     );
     println!(
         "  kata-sriov hook create-runtime + poststop ({}): {:.1} ms ({:.1} + {:.1})",
