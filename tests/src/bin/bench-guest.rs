@@ -18,22 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use kata_sriov_tests::{median_ms, try_ip};
+
 const MAC: &str = "02:5a:11:22:33:44";
 const CONFIG: &str = r#"[{"mac":"02:5a:11:22:33:44","pci_id":"8086:10ca","name":"net1","ips":["10.9.0.5/24","fd00:9::5/64"],"gateway":"10.9.0.1","routes":[{"dst":"10.10.0.0/16","via":"10.9.0.1"}],"mtu":1400}]"#;
-
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// A namespace with a veth carrying the VF's MAC (its peer up, so the
 /// link gets a carrier), deleted on drop.
@@ -42,15 +30,15 @@ struct Ns(String);
 impl Ns {
     fn new(i: usize) -> anyhow::Result<Ns> {
         let name = format!("ksbench{}-{i}", std::process::id());
-        let _ = ip(&["netns", "del", &name]);
-        ip(&["netns", "add", &name])?;
+        let _ = try_ip(&["netns", "del", &name]);
+        try_ip(&["netns", "add", &name])?;
         let ns = Ns(name);
-        ip(&[
+        try_ip(&[
             "-n", &ns.0, "link", "add", "eth1", "address", MAC, "type", "veth", "peer", "name",
             "eth1p",
         ])?;
-        ip(&["-n", &ns.0, "link", "set", "eth1p", "up"])?;
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
+        try_ip(&["-n", &ns.0, "link", "set", "eth1p", "up"])?;
+        try_ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
@@ -79,7 +67,7 @@ impl Ns {
 
     /// What the kernel reports matches the config.
     fn check(&self) -> anyhow::Result<()> {
-        let link = ip(&["-n", &self.0, "-j", "addr", "show", "dev", "net1"])?;
+        let link = try_ip(&["-n", &self.0, "-j", "addr", "show", "dev", "net1"])?;
         for want in ["10.9.0.5", "fd00:9::5", "\"mtu\":1400", MAC] {
             if !link.contains(want) {
                 bail!("net1 lacks {want}: {link}");
@@ -88,7 +76,7 @@ impl Ns {
         if !link.contains("\"UP\"") {
             bail!("net1 is not up: {link}");
         }
-        let routes = ip(&["-n", &self.0, "route", "show"])?;
+        let routes = try_ip(&["-n", &self.0, "route", "show"])?;
         for want in ["default via 10.9.0.1", "10.10.0.0/16 via 10.9.0.1"] {
             if !routes.contains(want) {
                 bail!("no route {want:?}: {routes}");
@@ -100,13 +88,8 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.0]);
+        let _ = try_ip(&["netns", "del", &self.0]);
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -147,16 +130,15 @@ fn main() -> anyhow::Result<()> {
         ns.check()?;
     }
     let size = std::fs::metadata(&bin)?.len();
-    let (h, f) = (median(helper.clone()), median(floor));
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let (h, f) = (median_ms(&helper), median_ms(&floor));
     println!(
         "guest helper, start to NIC configured (rename, 2 addresses, default + 1 route, MTU, up), fresh netns, {runs} runs:"
     );
     println!(
-        "  median {:.1} ms (min {:.1}, max {:.1}); spawning /bin/true the same way: median {:.1} ms",
-        h.as_secs_f64() * 1e3,
-        helper.iter().min().unwrap_or(&h).as_secs_f64() * 1e3,
-        helper.iter().max().unwrap_or(&h).as_secs_f64() * 1e3,
-        f.as_secs_f64() * 1e3
+        "  median {h:.1} ms (min {:.1}, max {:.1}); spawning /bin/true the same way: median {f:.1} ms",
+        helper.iter().min().map_or(0.0, ms),
+        helper.iter().max().map_or(0.0, ms),
     );
     println!(
         "  binary {} : {:.2} MB",

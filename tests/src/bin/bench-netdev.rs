@@ -25,22 +25,9 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use kata_sriov::testing::{add_vf_veths, del_vf_veths, FakeSysfs};
+use kata_sriov_tests::{median_ms, try_ip};
 
 const CNI_DIR: &str = "/usr/lib/cni";
-
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Runs `cmd` with `input` on stdin; fails on a non-zero exit.
 fn run(cmd: &mut Command, input: &[u8]) -> anyhow::Result<()> {
@@ -80,7 +67,7 @@ impl Drop for Bench {
     fn drop(&mut self) {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
-        let _ = ip(&["netns", "del", &self.ns]);
+        let _ = try_ip(&["netns", "del", &self.ns]);
         if self.veth {
             del_vf_veths(&self.tag, 1);
         }
@@ -130,8 +117,8 @@ impl Bench {
             }))?,
         )?;
         let ns = format!("{tag}ns");
-        let _ = ip(&["netns", "del", &ns]);
-        ip(&["netns", "add", &ns])?;
+        let _ = try_ip(&["netns", "del", &ns]);
+        try_ip(&["netns", "add", &ns])?;
         // The container's process: `ip netns exec` execs sleep in place.
         let holder = Command::new("ip")
             .args(["netns", "exec", &ns, "sleep", "3600"])
@@ -160,11 +147,11 @@ impl Bench {
     }
 
     fn check_in(&self) -> anyhow::Result<()> {
-        let a = ip(&["-n", &self.ns, "-j", "addr", "show", "dev", "net1"])?;
+        let a = try_ip(&["-n", &self.ns, "-j", "addr", "show", "dev", "net1"])?;
         if !a.contains("10.79.1.5") || !a.contains("\"UP\"") {
             bail!("net1 in {} is not configured: {a}", self.ns);
         }
-        let r = ip(&["-n", &self.ns, "route", "show", "default"])?;
+        let r = try_ip(&["-n", &self.ns, "route", "show", "default"])?;
         if !r.contains("via 10.79.1.1") {
             bail!("no default route via 10.79.1.1 in {}: {r}", self.ns);
         }
@@ -172,7 +159,7 @@ impl Bench {
     }
 
     fn check_back(&self) -> anyhow::Result<()> {
-        ip(&["link", "show", "dev", &self.host_name])
+        try_ip(&["link", "show", "dev", &self.host_name])
             .map(|_| ())
             .with_context(|| format!("{} is not back on the host", self.host_name))
     }
@@ -231,11 +218,6 @@ impl Bench {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let rounds: usize = match args.iter().position(|a| a == "--rounds") {
@@ -272,9 +254,10 @@ fn main() -> anyhow::Result<()> {
         hd.push(b.host_device()?);
     }
     let part = |v: &[(Duration, Duration)], f: fn(&(Duration, Duration)) -> Duration| {
-        median(v.iter().map(f).collect())
+        median_ms(&v.iter().map(f).collect::<Vec<_>>())
     };
-    let whole = |v: &[(Duration, Duration)]| median(v.iter().map(|(a, d)| *a + *d).collect());
+    let whole =
+        |v: &[(Duration, Duration)]| median_ms(&v.iter().map(|(a, d)| *a + *d).collect::<Vec<_>>());
     println!(
         "netdev into a fresh namespace and back ({what}, renamed net1, static address + gateway), median of {rounds} alternated rounds, both as processes:"
     );

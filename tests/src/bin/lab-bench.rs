@@ -33,6 +33,7 @@ use kata_sriov::pci::{IfName, MacAddr, PciAddress, Qos, VlanId, VlanProto};
 use kata_sriov::policy::config::Config;
 use kata_sriov::policy::request::parse_request;
 use kata_sriov::state::ledger::OwnerCheck;
+use kata_sriov_tests::median_ms;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
@@ -88,21 +89,14 @@ impl Phases {
     fn print(&self, title: &str, totals: &[Duration]) {
         eprintln!(
             "{title}: median {:.1} ms per cycle, mean {:.1} ms, {} cycles; per phase, median:",
-            median(totals),
+            median_ms(totals),
             ms(totals.iter().sum(), totals.len() as u32),
             totals.len()
         );
         for name in &self.order {
-            eprintln!("  {name:<52} {:>7.2} ms", median(&self.samples[name]));
+            eprintln!("  {name:<52} {:>7.2} ms", median_ms(&self.samples[name]));
         }
     }
-}
-
-/// Median in milliseconds.
-fn median(v: &[Duration]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 fn ms(d: Duration, cycles: u32) -> f64 {
@@ -285,6 +279,6 @@ fn compare(a: &[String]) -> anyhow::Result<()> {
     }
     fp.print("floor", &ft);
     ep.print("engine", &et);
-    println!("{:.1} {:.1}", median(&ft), median(&et));
+    println!("{:.1} {:.1}", median_ms(&ft), median_ms(&et));
     Ok(())
 }
