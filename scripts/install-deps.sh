@@ -24,7 +24,7 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 need=()
-for p in containerd runc docker.io iproute2 busybox-static cpio kmod xz-utils gzip pciutils jq \
+for p in containerd runc docker.io iproute2 busybox-static cpio kmod xz-utils gzip pciutils jq containernetworking-plugins \
   util-linux procps e2fsprogs debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done

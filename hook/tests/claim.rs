@@ -82,6 +82,16 @@ fn req(s: &str) -> Vec<NetworkRequest> {
     parse_request(s).unwrap()
 }
 
+/// `owner` claims one VF of pool "fast" asking for `mac`.
+fn claim_with_mac(
+    e: &Engine<'_>,
+    owner: &str,
+    mac: &str,
+) -> Result<Vec<kata_sriov::engine::claim::ClaimedVf>, ClaimError> {
+    let r = req(&format!(r#"[{{"pool":"fast","mac":"{mac}"}}]"#));
+    e.claim(owner, &r, OwnerCheck::None)
+}
+
 #[test]
 fn claim_configures_binds_and_release_restores() {
     let lab = lab_with(2, POOL);
@@ -160,13 +170,7 @@ fn unknown_pool_and_mac_policy_are_refused_before_anything() {
     let e = lab.engine();
     let err = e.claim("a", &req("slow"), OwnerCheck::None).unwrap_err();
     assert!(err.to_string().contains("\"slow\"") && err.to_string().contains("fast"));
-    let err = e
-        .claim(
-            "a",
-            &req(r#"[{"pool":"fast","mac":"02:00:00:00:00:09"}]"#),
-            OwnerCheck::None,
-        )
-        .unwrap_err();
+    let err = claim_with_mac(&e, "a", "02:00:00:00:00:09").unwrap_err();
     assert!(matches!(err, ClaimError::MacNotAllowed { .. }), "{err}");
     assert!(e.ledger.leased().unwrap().is_empty());
 }
@@ -497,4 +501,34 @@ fn no_annotation_can_pin_a_vf() {
     r.vf = Some("0000:3b:10.0".parse().unwrap());
     assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"pool":"fast"}"#);
     assert!(parse_request("fast").unwrap()[0].vf.is_none());
+}
+
+#[test]
+fn a_mac_on_the_pfs_switch_is_in_use_even_without_a_host_netdev() {
+    // VF 1 is on vfio-pci (no host netdev, so no sysfs address to read);
+    // its MAC is known only from the PF's VF list.
+    let lab = lab_with(
+        2,
+        "[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nmac = \"request\"\n",
+    );
+    let taken: kata_sriov::pci::MacAddr = "02:00:00:00:00:09".parse().unwrap();
+    lab.nl
+        .set_vf(
+            &"ens1f0".parse().unwrap(),
+            1,
+            kata_sriov::kernel::netlink::VfSetting::Mac(taken),
+        )
+        .unwrap();
+    lab.fake.set_driver(lab.vf(1), Some("vfio-pci"));
+    let e = lab.engine();
+    let err = claim_with_mac(&e, "a", "02:00:00:00:00:09").unwrap_err();
+    assert!(
+        matches!(err, ClaimError::MacInUse(m) if m == taken),
+        "{err}"
+    );
+    assert!(e.ledger.leased().unwrap().is_empty());
+    assert_eq!(lab.nl.get("ens1f0", 0).unwrap(), VfSettings::default());
+    // Another MAC is fine.
+    let got = claim_with_mac(&e, "b", "02:00:00:00:00:0a").unwrap();
+    assert_eq!(got[0].mac, Some("02:00:00:00:00:0a".parse().unwrap()));
 }

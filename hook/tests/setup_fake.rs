@@ -9,7 +9,9 @@ use std::fs;
 use std::path::Path;
 
 use kata_sriov::admin::setup::{Setup, SetupReport};
-use kata_sriov::kernel::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
+use kata_sriov::kernel::netlink::{
+    NetlinkError, PfView, VfNetlink, VfSetting, VfSettingKind, VfSettings,
+};
 use kata_sriov::kernel::vfio::VfioError;
 use kata_sriov::pci::{IfName, MacAddr, PciAddress, VlanId};
 use kata_sriov::policy::config::Config;
@@ -26,6 +28,9 @@ struct Nl {
 impl VfNetlink for Nl {
     fn vf_settings(&self, pf: &IfName, vf: u32) -> Result<VfSettings, NetlinkError> {
         self.inner.vf_settings(pf, vf)
+    }
+    fn pf_view(&self, pf: &IfName, vf: u32) -> Result<PfView, NetlinkError> {
+        self.inner.pf_view(pf, vf)
     }
     fn set_vf(&self, pf: &IfName, vf: u32, s: VfSetting) -> Result<(), NetlinkError> {
         self.inner.set_vf(pf, vf, s)

@@ -357,3 +357,25 @@ pub fn busybox_rootfs(dir: &Path) {
         std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// `ip args...` for the benchmarks: its stdout, or an error with its stderr.
+pub fn try_ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running ip: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The median of `v` in milliseconds (0 for none), for the benchmarks.
+pub fn median_ms(v: &[Duration]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}

@@ -477,7 +477,7 @@ impl<'a> Setup<'a> {
         for (i, vf, s) in current {
             let mut want = Vec::new();
             if !keep_mac && s.mac.is_zero() {
-                match mac::generate(used) {
+                match mac::generate(|m| used.contains(m)) {
                     Ok(m) => {
                         used.insert(m);
                         want.push(VfSetting::Mac(m));

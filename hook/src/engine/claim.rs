@@ -38,16 +38,25 @@ use crate::state::ledger::{self, Lease, LeaseState, Ledger, LedgerError, OwnerCh
 /// release that is finishing).
 const VF_LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// A point in claim or release after which a test may kill the process.
+/// A point in claim or release after which a test may kill the process
+/// (and a benchmark takes the time: lab-bench's per-phase breakdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// A VF is chosen and its original settings are read (nothing written).
+    Picked,
     LeaseWritten,
     SettingApplied(usize),
+    /// The applied settings are read back from the kernel and match.
+    ReadBack,
     Bound,
+    /// What the spec needs is known (in vfio mode: `/dev/vfio/N` is there).
+    Described,
     Claimed,
     MarkedReleasing,
     Unbound,
     SettingRestored(usize),
+    /// The restored settings are read back from the kernel and match.
+    RestoreReadBack,
     Rebound,
     LeaseRemoved,
 }
@@ -448,14 +457,9 @@ impl<'a> Engine<'a> {
             .iter()
             .filter_map(|e| e.lease.as_ref().ok().and_then(|l| l.mac))
             .collect();
-        // Only a claim that chooses MACs needs the host's (a scan of every
-        // netdev, the one cost here that grows with the host's size).
-        let chooses_mac = reqs.iter().any(|r| {
-            self.cfg
-                .pool(r.pool.as_str())
-                .is_some_and(|p| p.mac != MacPolicy::Keep)
-        });
-        if chooses_mac {
+        // A MAC a container asks for is checked against every host
+        // interface; a generated one only where it could clash (mac.rs).
+        if reqs.iter().any(|r| r.mac.is_some()) {
             macs_in_use.extend(mac::host_macs(&self.sysfs));
         }
         let mut picks: Vec<Pick> = Vec::new();
@@ -483,11 +487,21 @@ impl<'a> Engine<'a> {
                 return Err(ClaimError::Busy { vf });
             };
             taken.insert(vf);
-            let original = if pool.uses_netlink() {
+            // A pool that sets MACs reads the VF's neighbours with its
+            // original settings (one message) to keep its MAC unique there.
+            let chooses_mac = pool.mac != MacPolicy::Keep;
+            let (original, segment) = if pool.uses_netlink() {
                 let ifn = pf_netdev.clone().ok_or(ClaimError::NoPfNetdev(pf))?;
-                Some(self.nl.vf_settings(&ifn, index)?)
+                if chooses_mac {
+                    let view = self.nl.pf_view(&ifn, index)?;
+                    let mut segment = view.macs;
+                    segment.extend(mac::stacked_macs(&self.sysfs, &ifn));
+                    (Some(view.vf), segment)
+                } else {
+                    (Some(self.nl.vf_settings(&ifn, index)?), Vec::new())
+                }
             } else {
-                None
+                (None, Vec::new())
             };
             let mac = match (pool.mac, r.mac) {
                 (MacPolicy::Keep, _) => original
@@ -495,12 +509,14 @@ impl<'a> Engine<'a> {
                     .map(|o| o.mac)
                     .filter(|m| m.is_assignable()),
                 (MacPolicy::Request, Some(m)) => {
-                    if macs_in_use.contains(&m) {
+                    if macs_in_use.contains(&m) || segment.contains(&m) {
                         return Err(ClaimError::MacInUse(m));
                     }
                     Some(m)
                 }
-                _ => Some(mac::generate(&macs_in_use).map_err(ClaimError::Random)?),
+                _ => Some(
+                    mac::generate_avoiding(&macs_in_use, &segment).map_err(ClaimError::Random)?,
+                ),
             };
             let mut settings = Vec::new();
             if let (Some(m), true) = (mac, pool.mac != MacPolicy::Keep) {
@@ -508,6 +524,7 @@ impl<'a> Engine<'a> {
                 settings.push(VfSetting::Mac(m));
             }
             settings.extend(pool.vf_settings());
+            self.step(Step::Picked);
             let now = ledger::now_secs();
             picks.push(Pick {
                 lease: Lease {
@@ -677,6 +694,7 @@ impl<'a> Engine<'a> {
                 self.step(Step::SettingApplied(i));
             }
             netlink::verify(self.nl, &pf, lease.vf_index, &lease.settings)?;
+            self.step(Step::ReadBack);
         }
         if lease.mode == Mode::Vfio && self.sysfs.driver(lease.vf)?.as_deref() != Some(VFIO_PCI) {
             self.binder.bind(lease.vf, Some(VFIO_PCI))?;
@@ -689,6 +707,7 @@ impl<'a> Engine<'a> {
             lease.state = LeaseState::Claimed;
             self.claimed_vf(&lease)?
         };
+        self.step(Step::Described);
         lease.updated = ledger::now_secs();
         self.ledger.update(&lease)?;
         self.step(Step::Claimed);
@@ -793,6 +812,7 @@ impl<'a> Engine<'a> {
                 self.step(Step::SettingRestored(i));
             }
             netlink::verify(self.nl, &pf, lease.vf_index, &restored)?;
+            self.step(Step::RestoreReadBack);
             // The host netdev takes its original MAC back at reset.
             if lease.mode == Mode::Netdev && sets_mac(&restored) {
                 self.reset_netdev_vf(&lease)?;

@@ -317,6 +317,9 @@ pub(crate) fn set_hint(setting: &VfSetting, errno: Option<i32>, attempts: u32) -
 pub trait VfNetlink: Send + Sync {
     /// The settings of VF `vf` of PF `pf`.
     fn vf_settings(&self, pf: &IfName, vf: u32) -> Result<VfSettings, NetlinkError>;
+    /// [`VfNetlink::vf_settings`] plus every MAC on the PF's embedded
+    /// switch as the PF reports it, from the same one `RTM_GETLINK`.
+    fn pf_view(&self, pf: &IfName, vf: u32) -> Result<PfView, NetlinkError>;
     /// Applies one setting to VF `vf` of PF `pf`.
     fn set_vf(&self, pf: &IfName, vf: u32, setting: VfSetting) -> Result<(), NetlinkError>;
     /// Sets `IFF_UP` on a link (a PF must be up for its VFs to pass traffic).
@@ -373,6 +376,16 @@ pub fn verify(
     Ok(())
 }
 
+/// What one `RTM_GETLINK` of a PF tells about a VF and its neighbours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PfView {
+    /// The settings of the VF asked about.
+    pub vf: VfSettings,
+    /// The MACs on the PF's embedded switch: the PF's own address
+    /// (`IFLA_ADDRESS`) and every VF's (`IFLA_VF_MAC`), zero MACs left out.
+    pub macs: Vec<MacAddr>,
+}
+
 /// How often and how long [`KernelNetlink::set_vf`] retries `EBUSY`/`EAGAIN`.
 pub const BUSY_ATTEMPTS: u32 = 10;
 pub const BUSY_DELAY: Duration = Duration::from_millis(100);
@@ -420,8 +433,9 @@ impl KernelNetlink {
     }
 }
 
-impl VfNetlink for KernelNetlink {
-    fn vf_settings(&self, pf: &IfName, vf: u32) -> Result<VfSettings, NetlinkError> {
+impl KernelNetlink {
+    /// The PF's `RTM_NEWLINK` payload with its VF information.
+    fn pf_link(&self, pf: &IfName, vf: u32) -> Result<Vec<u8>, NetlinkError> {
         let replies = self
             .rtnl
             .request_raw(get_vf_request(pf), 0)
@@ -439,15 +453,29 @@ impl VfNetlink for KernelNetlink {
                     }
                 }
             })?;
-        let link = replies
-            .iter()
+        replies
+            .into_iter()
             .find(|r| r.message_type == RTM_NEWLINK)
+            .map(|r| r.payload)
             .ok_or_else(|| NetlinkError::Malformed {
                 pf: pf.clone(),
                 vf,
                 reason: "no RTM_NEWLINK in the answer".to_owned(),
-            })?;
-        parse_vf_settings(pf, vf, &link.payload)
+            })
+    }
+}
+
+impl VfNetlink for KernelNetlink {
+    fn vf_settings(&self, pf: &IfName, vf: u32) -> Result<VfSettings, NetlinkError> {
+        parse_vf_settings(pf, vf, &self.pf_link(pf, vf)?)
+    }
+
+    fn pf_view(&self, pf: &IfName, vf: u32) -> Result<PfView, NetlinkError> {
+        let payload = self.pf_link(pf, vf)?;
+        Ok(PfView {
+            vf: parse_vf_settings(pf, vf, &payload)?,
+            macs: parse_pf_macs(&payload),
+        })
     }
 
     fn set_vf(&self, pf: &IfName, vf: u32, setting: VfSetting) -> Result<(), NetlinkError> {
@@ -504,6 +532,7 @@ fn retry_busy(
 const RTM_NEWLINK: u16 = 16;
 /// Size of `struct ifinfomsg`.
 const IFINFOMSG_LEN: usize = 16;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_VFINFO_LIST: u16 = 22;
 /// From include/uapi/linux/if_link.h (37 is IFLA_LINK_NETNSID).
 const IFLA_NUM_VF: u16 = 21;
@@ -594,6 +623,33 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = Attr<'_>> {
         b = b.get((len + 3) & !3..).unwrap_or_default();
         Some(Attr { kind, value })
     })
+}
+
+/// The PF's own address and every VF's MAC in an `RTM_NEWLINK` payload,
+/// zero MACs left out. What cannot be decoded is skipped: the caller reads
+/// the claimed VF with [`parse_vf_settings`], which fails on malformed data.
+fn parse_pf_macs(payload: &[u8]) -> Vec<MacAddr> {
+    let mut macs = Vec::new();
+    let link_attrs = payload.get(IFINFOMSG_LEN..).unwrap_or_default();
+    for a in attrs(link_attrs) {
+        match a.kind {
+            IFLA_ADDRESS => {
+                if let Ok(b) = <[u8; 6]>::try_from(a.value) {
+                    macs.push(MacAddr(b));
+                }
+            }
+            IFLA_VFINFO_LIST => {
+                let vf_macs = attrs(a.value)
+                    .filter(|e| e.kind == IFLA_VF_INFO)
+                    .filter_map(|e| attrs(e.value).find(|x| x.kind == IFLA_VF_MAC))
+                    .filter_map(|x| x.value.get(4..10)?.try_into().ok().map(MacAddr));
+                macs.extend(vf_macs);
+            }
+            _ => {}
+        }
+    }
+    macs.retain(|m| !m.is_zero());
+    macs
 }
 
 /// Decodes VF `vf` from an `RTM_NEWLINK` payload (`ifinfomsg` + attributes).
@@ -942,6 +998,29 @@ mod tests {
         }
         v.extend(nla(16, &[1u8])); // IFLA_OPERSTATE, after the list
         v
+    }
+
+    #[test]
+    fn pf_macs_are_the_pf_address_and_every_vf_mac_but_zero_ones() {
+        for nested_flag in [0u16, 0x8000] {
+            let (mut a, b, mut c) = (kvf(0), kvf(1), kvf(2));
+            a.mac = [0x02, 0, 0, 0, 0, 0x0a];
+            c.mac = [0x52, 0x54, 0, 0, 0, 0x0c];
+            let mut payload = newlink(Some(3), &[a, b, c], nested_flag);
+            payload.extend(nla(1, &[0x00, 0x1b, 0x21, 1, 2, 3])); // IFLA_ADDRESS
+            payload.extend(nla(2, &[0xff; 6])); // IFLA_BROADCAST: not a MAC in use
+            let got = parse_pf_macs(&payload);
+            assert_eq!(
+                got,
+                vec![
+                    MacAddr([0x02, 0, 0, 0, 0, 0x0a]),
+                    MacAddr([0x52, 0x54, 0, 0, 0, 0x0c]),
+                    MacAddr([0x00, 0x1b, 0x21, 1, 2, 3]),
+                ]
+            );
+        }
+        // Truncated data yields what could be read, never a panic.
+        assert!(parse_pf_macs(&[0u8; 3]).is_empty());
     }
 
     #[test]

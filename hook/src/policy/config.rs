@@ -104,7 +104,8 @@ pub use crate::state::ledger::Mode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum MacPolicy {
-    /// A locally administered unicast MAC, unique on the host.
+    /// A random locally administered unicast MAC, unique among leases and
+    /// on the VF's Ethernet segment (`engine/mac.rs` says what is checked).
     #[default]
     Generate,
     /// Whatever the VF has.

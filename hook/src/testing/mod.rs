@@ -19,7 +19,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::guestnet::L3Config;
-use crate::kernel::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
+use crate::kernel::netlink::{
+    NetlinkError, PfView, VfNetlink, VfSetting, VfSettingKind, VfSettings,
+};
 use crate::kernel::sysfs::SysfsRoot;
 use crate::kernel::vfio::{DriverBinder, VfioError};
 use crate::pci::{IfName, PciAddress};
@@ -496,6 +498,22 @@ impl VfNetlink for FileNetlink {
                 vf,
                 num_vfs: st.len() as u32,
             })
+        })
+    }
+
+    fn pf_view(&self, pf: &IfName, vf: u32) -> Result<PfView, NetlinkError> {
+        self.with_state(pf, |st| {
+            let settings = st.get(&vf).cloned().ok_or(NetlinkError::NoSuchVf {
+                pf: pf.clone(),
+                vf,
+                num_vfs: st.len() as u32,
+            })?;
+            let macs = st
+                .values()
+                .map(|v| v.mac)
+                .filter(|m| !m.is_zero())
+                .collect();
+            Ok(PfView { vf: settings, macs })
         })
     }
 

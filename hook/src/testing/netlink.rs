@@ -6,7 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::kernel::netlink::set_hint;
-use crate::kernel::netlink::{NetlinkError, VfNetlink, VfSetting, VfSettingKind, VfSettings};
+use crate::kernel::netlink::{
+    NetlinkError, PfView, VfNetlink, VfSetting, VfSettingKind, VfSettings,
+};
 use crate::pci::IfName;
 use crate::rtnl::RtnlError;
 
@@ -190,6 +192,19 @@ impl VfNetlink for RecordingNetlink {
                 vf,
                 num_vfs: vfs.len() as u32,
             })
+    }
+
+    /// Recorded as the [`Call::VfSettings`] it is on the kernel (one
+    /// `RTM_GETLINK`). The fake PF itself has no MAC; its VFs' are listed.
+    fn pf_view(&self, pf: &IfName, vf: u32) -> Result<PfView, NetlinkError> {
+        let settings = self.vf_settings(pf, vf)?;
+        let s = self.lock();
+        let macs = s
+            .pfs
+            .get(pf)
+            .map(|vfs| vfs.iter().map(|v| v.mac).filter(|m| !m.is_zero()).collect())
+            .unwrap_or_default();
+        Ok(PfView { vf: settings, macs })
     }
 
     fn set_vf(&self, pf: &IfName, vf: u32, setting: VfSetting) -> Result<(), NetlinkError> {
