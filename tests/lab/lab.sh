@@ -178,7 +178,7 @@ cmd_run() {
   # Keep the 20 newest run directories.
   if [ -d "$CACHE/runs" ]; then
     # shellcheck disable=SC2012 # our own directory names
-    ls -1dt "$CACHE/runs"/*/ 2>/dev/null | tail -n +21 | xargs -r rm -rf
+    { ls -1dt "$CACHE/runs"/*/ 2>/dev/null || true; } | tail -n +21 | xargs -r rm -rf
   fi
   mkdir -p "$out"
   write_job "$out" run "$script" "$@"
