@@ -529,6 +529,7 @@ impl<'a> Engine<'a> {
                     owner_check: check.clone(),
                     dan_file: dan_file.map(Path::to_path_buf),
                     netdev_move: None,
+                    pods: Vec::new(),
                     created: now,
                     updated: now,
                 },

@@ -131,6 +131,7 @@ pub fn sample_lease(vf: &str, owner: &str) -> Lease {
         owner_check: OwnerCheck::None,
         dan_file: None,
         netdev_move: None,
+        pods: Vec::new(),
         created: now_secs(),
         updated: now_secs(),
     }

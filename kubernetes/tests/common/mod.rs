@@ -467,6 +467,7 @@ impl FakeNode {
             plugins_registry: self.kubelet_dir().join("plugins_registry"),
             plugins_dir: self.kubelet_dir().join("plugins"),
             rescan: Duration::from_millis(100),
+            plug: kata_sriov_k8s::host::Plug::Hot,
         }
     }
 
