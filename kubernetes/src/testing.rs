@@ -243,7 +243,11 @@ fn serve_conn(stream: TcpStream, state: Arc<Mutex<ApiState>>) {
             "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             text.len()
         );
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(&text).is_err() {
+        // One write: head and body in two segments would wait for the
+        // client's delayed ACK (Nagle), 40 ms per request.
+        let mut reply = head.into_bytes();
+        reply.extend_from_slice(&text);
+        if out.write_all(&reply).is_err() {
             return;
         }
     }
@@ -316,23 +320,6 @@ impl ApiServer {
                 "{what}: slices never matched: {s:#?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until `f` holds for the published slices.
-    pub fn wait_slices(
-        &self,
-        limit: Duration,
-        mut f: impl FnMut(&BTreeMap<String, ResourceSlice>) -> bool,
-    ) -> BTreeMap<String, ResourceSlice> {
-        let start = Instant::now();
-        loop {
-            let s = self.slices();
-            if f(&s) {
-                return s;
-            }
-            assert!(start.elapsed() < limit, "slices never matched: {s:#?}");
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -461,6 +448,37 @@ pub fn v1_claim(ns: &str, name: &str, uid: &str) -> dra_v1::Claim {
         uid: uid.into(),
         name: name.into(),
     }
+}
+
+/// NodePrepareResources (v1) of one claim, as the kubelet sends it; the
+/// claim's answer.
+pub async fn kubelet_prepare(
+    r: &mut Registered,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> dra_v1::NodePrepareResourceResponse {
+    let resp =
+        r.v1.node_prepare_resources(dra_v1::NodePrepareResourcesRequest {
+            claims: vec![v1_claim(ns, name, uid)],
+        })
+        .await
+        .or_panic()
+        .into_inner();
+    assert_eq!(resp.claims.len(), 1, "{resp:?}");
+    resp.claims.get(uid).cloned().or_panic()
+}
+
+/// NodeUnprepareResources (v1) of claim `uid`; the claim's error ("" for none).
+pub async fn kubelet_unprepare(r: &mut Registered, uid: &str) -> String {
+    let resp =
+        r.v1.node_unprepare_resources(dra_v1::NodeUnprepareResourcesRequest {
+            claims: vec![v1_claim("default", "x", uid)],
+        })
+        .await
+        .or_panic()
+        .into_inner();
+    resp.claims.get(uid).or_panic().error.clone()
 }
 
 /// `unwrap` for test support (the workspace denies `unwrap` outside tests).

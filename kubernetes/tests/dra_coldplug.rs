@@ -18,16 +18,13 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::resource::v1::ResourceClaimConsumerReference;
 use kata_sriov::oci::cdi;
-use kata_sriov_k8s::agent;
-use kata_sriov_k8s::host::{Host, Plug};
+use kata_sriov_k8s::host::Plug;
 use kata_sriov_k8s::names;
-use kata_sriov_k8s::proto::dra_v1;
 use serde_json::{json, Value};
 
 const CLAIM: &str = "0c4a5f8e-1d2b-4c3a-9f00-123456789abc";
@@ -143,23 +140,9 @@ async fn the_shim_cold_plugs_a_pods_prepared_vf_into_its_sandbox_only() {
         &format!("[shim]\ndelegate = \"{}\"\n", delegate.display()),
     );
     let api = ApiServer::start();
-    let mut host = Host::new(
-        node.cfg.clone(),
-        Arc::new(node.nl()),
-        Arc::new(node.binder()),
-    );
-    host.node_wait = Some(Duration::ZERO);
-    let host = Arc::new(host);
     let mut settings = node.settings();
     settings.plug = Plug::Cold;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(agent::run_dra(
-        host.clone(),
-        settings.clone(),
-        api.client(),
-        kata_sriov::log::discard(),
-        stopped,
-    ));
+    let agent = node.start_agent(&api, &settings);
     let mut k = kubelet_register(&settings.plugins_registry, Duration::from_secs(20)).await;
 
     // Claim c1 (VF 2, guest name net1) is reserved for pod A.
@@ -173,14 +156,8 @@ async fn the_shim_cold_plugs_a_pods_prepared_vf_into_its_sandbox_only() {
     );
     reserved(&mut c1, &[POD_A]);
     api.add_claim(c1);
-    let resp =
-        k.v1.node_prepare_resources(dra_v1::NodePrepareResourcesRequest {
-            claims: vec![v1_claim("default", "c1", CLAIM)],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.claims[CLAIM].error, "", "{resp:?}");
+    let resp = kubelet_prepare(&mut k, "default", "c1", CLAIM).await;
+    assert_eq!(resp.error, "", "{resp:?}");
     assert_eq!(node.driver(2).as_deref(), Some("vfio-pci"));
     let lease = lease_json(&node, node.vf(2));
     assert_eq!(
@@ -207,12 +184,11 @@ async fn the_shim_cold_plugs_a_pods_prepared_vf_into_its_sandbox_only() {
     ann["io.kata-sriov.guest-networks"] = json!("[{\"pci_id\":\"1234:5678\",\"name\":\"evil\"}]");
     let a = bundle(work.path(), "a", ann);
     let o = shim(&node.config_path, &out, &a, "sb-a", "start");
-    assert!(o.status.success(), "{o:?}");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "unix:///run/fake.sock");
-    assert!(
-        o.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    // Handed over, nothing of ours on stdout or stderr (containerd reads both).
+    assert_eq!(
+        (o.status.code(), o.stdout.as_slice(), o.stderr.as_slice()),
+        (Some(0), &b"unix:///run/fake.sock"[..], &b""[..]),
+        "{o:?}"
     );
     let sa = spec_of(&a);
     let devs = sa["linux"]["devices"].as_array().unwrap();
@@ -305,14 +281,8 @@ async fn the_shim_cold_plugs_a_pods_prepared_vf_into_its_sandbox_only() {
     let mut c2 = claim("default", "c2", SHARED, &[("node-1/fast", &dev3)], None);
     reserved(&mut c2, &[POD_C, POD_D]);
     api.add_claim(c2);
-    let resp =
-        k.v1.node_prepare_resources(dra_v1::NodePrepareResourcesRequest {
-            claims: vec![v1_claim("default", "c2", SHARED)],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.claims[SHARED].error, "");
+    let resp = kubelet_prepare(&mut k, "default", "c2", SHARED).await;
+    assert_eq!(resp.error, "", "{resp:?}");
     assert_eq!(
         lease_json(&node, node.vf(3))["pods"]
             .as_array()
@@ -332,18 +302,11 @@ async fn the_shim_cold_plugs_a_pods_prepared_vf_into_its_sandbox_only() {
 
     // Unprepare releases it: VF back on its driver, no lease, no CDI spec.
     for uid in [CLAIM, SHARED] {
-        let r =
-            k.v1.node_unprepare_resources(dra_v1::NodeUnprepareResourcesRequest {
-                claims: vec![v1_claim("default", "x", uid)],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.claims[uid].error, "");
+        assert_eq!(kubelet_unprepare(&mut k, uid).await, "");
     }
     assert!(node.leases().is_empty());
     assert_eq!(node.driver(2).as_deref(), Some("iavf"));
     assert_eq!(node.driver(3).as_deref(), Some("iavf"));
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    let _ = agent.stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent.task).await;
 }

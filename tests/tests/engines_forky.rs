@@ -575,21 +575,28 @@ fn podman_5_resolves_the_cdi_spec_of_a_dra_prepare_into_the_vfio_nodes() {
     let tar = host.path().join("bb.tar");
     tar_of(&rootfs, &tar);
     p.ok(&["import", tar.to_str().unwrap(), "localhost/ks-bb:1"]);
+    // podman with our CDI spec directory, a container given CDI device `name`.
+    let run_with = |name: &str, script: &str| {
+        p.podman(&[
+            "--cdi-spec-dir",
+            cdi_dir.to_str().unwrap(),
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--device",
+            name,
+            "localhost/ks-bb:1",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
     let t = Instant::now();
-    let ls = p.ok(&[
-        "--cdi-spec-dir",
-        cdi_dir.to_str().unwrap(),
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--device",
-        &cdi_name,
-        "localhost/ks-bb:1",
-        "sh",
-        "-c",
-        "ls -l /dev/vfio/; env",
-    ]);
+    let ls = ok(
+        "podman run --device <CDI name>",
+        &run_with(&cdi_name, "ls -l /dev/vfio/; env"),
+    );
     timed("podman run --device <CDI name>", t);
     // The VF's group node and the container node, with the host's numbers;
     // the guest description in the environment.
@@ -602,19 +609,9 @@ fn podman_5_resolves_the_cdi_spec_of_a_dra_prepare_into_the_vfio_nodes() {
         "{ls}"
     );
     // An unknown CDI name is refused by the engine, not ignored.
-    let bad = p.podman(&[
-        "--cdi-spec-dir",
-        cdi_dir.to_str().unwrap(),
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--device",
-        "kata-sriov.io/vf=no-such-device",
-        "localhost/ks-bb:1",
-        "true",
-    ]);
-    assert!(!bad.status.success());
+    assert!(!run_with("kata-sriov.io/vf=no-such-device", "true")
+        .status
+        .success());
 
     prepare::unprepare(&agent, &settings, UID).unwrap();
     check_released(&host, &lease);

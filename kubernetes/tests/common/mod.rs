@@ -7,11 +7,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kata_sriov::pci::PciAddress;
 use kata_sriov::policy::config::Config;
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
+use kata_sriov_k8s::agent::{self, AgentError};
+use kata_sriov_k8s::host::{Host, Settings};
 pub use kata_sriov_k8s::testing::*;
 use serde_json::Value;
 
@@ -55,6 +58,27 @@ impl FakeNode {
             pf,
             nl_dir,
         }
+    }
+
+    /// Starts the agent (in the current tokio runtime) on this node, with
+    /// its fake netlink and binder and no wait for `/dev` nodes, against `api`.
+    pub fn start_agent(&self, api: &ApiServer, settings: &Settings) -> RunningAgent {
+        let mut host = Host::new(
+            self.cfg.clone(),
+            Arc::new(self.nl()),
+            Arc::new(self.binder()),
+        );
+        host.node_wait = Some(Duration::ZERO);
+        let host = Arc::new(host);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(agent::run_dra(
+            host.clone(),
+            settings.clone(),
+            api.client(),
+            kata_sriov::log::discard(),
+            stopped,
+        ));
+        RunningAgent { host, stop, task }
     }
 
     pub fn nl(&self) -> FileNetlink {
@@ -115,4 +139,11 @@ impl FakeNode {
         out.sort();
         out
     }
+}
+
+/// An agent a test started ([`FakeNode::start_agent`]).
+pub struct RunningAgent {
+    pub host: Arc<Host>,
+    pub stop: tokio::sync::watch::Sender<bool>,
+    pub task: tokio::task::JoinHandle<Result<(), AgentError>>,
 }

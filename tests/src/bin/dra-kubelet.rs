@@ -19,8 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kata_sriov_k8s::proto::dra_v1;
-use kata_sriov_k8s::testing::{claim, kubelet_register, v1_claim, ApiServer, NODE};
+use kata_sriov_k8s::testing::{
+    claim, kubelet_prepare, kubelet_register, kubelet_unprepare, ApiServer, NODE,
+};
 
 /// The claim's UID.
 pub const UID: &str = "1ab0c0de-0000-4000-8000-00000000d2a1";
@@ -47,12 +48,20 @@ fn main() -> Result<()> {
             "--rescan-seconds",
             "1",
         ])
-        .arg("--plugins-registry")
-        .arg(work.join("registry"))
-        .arg("--plugins-dir")
-        .arg(work.join("plugins"))
-        .arg("--cdi-dir")
-        .arg(work.join("cdi"))
+        .args(
+            [
+                ("--plugins-registry", "registry"),
+                ("--plugins-dir", "plugins"),
+                ("--cdi-dir", "cdi"),
+            ]
+            .iter()
+            .flat_map(|(flag, sub)| {
+                [
+                    std::ffi::OsString::from(*flag),
+                    work.join(sub).into_os_string(),
+                ]
+            }),
+        )
         .env("KUBECONFIG", &kubeconfig)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -103,15 +112,8 @@ async fn play(api: &ApiServer, work: &Path, pool: &str, device: &str) -> Result<
         Some(serde_json::json!({"name": "net1", "ips": ["10.100.0.5/24"], "mtu": 1400})),
     ));
     let t = Instant::now();
-    let resp =
-        k.v1.node_prepare_resources(dra_v1::NodePrepareResourcesRequest {
-            claims: vec![v1_claim("default", "lab-claim", UID)],
-        })
-        .await
-        .context("NodePrepareResources")?
-        .into_inner();
+    let one = kubelet_prepare(&mut k, "default", "lab-claim", UID).await;
     println!("TIMING prepare_ms {}", t.elapsed().as_millis());
-    let one = resp.claims.get(UID).context("no answer for the claim")?;
     if !one.error.is_empty() {
         println!("PREPARE_ERROR {}", one.error);
         bail!("prepare failed: {}", one.error);
@@ -134,22 +136,15 @@ async fn play(api: &ApiServer, work: &Path, pool: &str, device: &str) -> Result<
     }
     for round in ["UNPREPARED", "UNPREPARED_AGAIN"] {
         let t = Instant::now();
-        let resp =
-            k.v1.node_unprepare_resources(dra_v1::NodeUnprepareResourcesRequest {
-                claims: vec![v1_claim("default", "lab-claim", UID)],
-            })
-            .await
-            .context("NodeUnprepareResources")?
-            .into_inner();
-        let err = resp.claims.get(UID).map(|c| c.error.clone());
+        let err = kubelet_unprepare(&mut k, UID).await;
         println!(
             "TIMING {}_ms {}",
             round.to_lowercase(),
             t.elapsed().as_millis()
         );
-        match err.as_deref() {
-            Some("") => println!("{round} ok"),
-            other => bail!("unprepare: {other:?}"),
+        match err.as_str() {
+            "" => println!("{round} ok"),
+            other => bail!("unprepare: {other}"),
         }
     }
     Ok(())
