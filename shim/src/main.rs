@@ -223,8 +223,10 @@ fn start_unclaimed(
 ) -> Result<Infallible> {
     let log = open_log(cfg);
     let original = spec.clone();
+    // No state directory: nothing was ever prepared on this host.
     let added = match coldplug::sandbox_pod(&spec) {
         None => 0,
+        Some(_) if !cfg.state_dir.is_dir() => 0,
         Some(_) => {
             let nl = KernelNetlink::new().context("opening netlink")?;
             let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
