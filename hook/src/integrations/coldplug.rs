@@ -8,8 +8,9 @@
 //! The pod is named only by what containerd's CRI writes into the
 //! sandbox's spec: `io.kubernetes.cri.container-type` = `sandbox`,
 //! `io.kubernetes.cri.sandbox-namespace` and `io.kubernetes.cri.sandbox-uid`.
-//! containerd sets these after any pod annotation it passes through, so a
-//! pod author cannot choose them; no annotation of ours is read. A lease
+//! containerd's CRI writes these itself; a pod's own annotations reach the
+//! spec only through the runtime's `pod_annotations` (which must not list
+//! `io.kubernetes.cri.*`); no annotation of ours is read. A lease
 //! is picked only when it records exactly this pod (namespace and UID). The
 //! VFs stay the claim's: the sandbox's `delete` never releases them, the
 //! agent's unprepare does.
