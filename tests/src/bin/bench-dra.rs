@@ -202,13 +202,16 @@ fn publication(sizes: &[u32], reps: u32) -> anyhow::Result<()> {
         pubs.sort();
         let (scan, publ) = (scans[scans.len() / 2], pubs[pubs.len() / 2]);
         let total = scan + publ;
-        let b = *base.get_or_insert(total);
+        let (b_scan, b_publ, b_total) = *base.get_or_insert((scan, publ, total));
+        let ratio = |x: Duration, b: Duration| x.as_secs_f64() / b.as_secs_f64();
         println!(
-            "  {n:>5} VFs ({slices_made:>2} slices): scan {:>8.2} ms + publish {:>8.2} ms = {:>8.2} ms  ratio {:>6.1}",
+            "  {n:>5} VFs ({slices_made:>2} slices): scan {:>8.2} ms (ratio {:>6.1}) + publish {:>7.2} ms (ratio {:>5.1}) = {:>8.2} ms (ratio {:>6.1})",
             scan.as_secs_f64() * 1e3,
+            ratio(scan, b_scan),
             publ.as_secs_f64() * 1e3,
+            ratio(publ, b_publ),
             total.as_secs_f64() * 1e3,
-            total.as_secs_f64() / b.as_secs_f64()
+            ratio(total, b_total)
         );
     }
     Ok(())
