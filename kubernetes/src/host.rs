@@ -26,6 +26,35 @@ pub struct Settings {
     pub plugins_dir: PathBuf,
     /// How often sysfs and the ledger are rescanned for slice changes.
     pub rescan: Duration,
+    /// How a prepared VFIO VF reaches its pod.
+    pub plug: Plug,
+}
+
+/// How a prepared VFIO VF reaches its pod (`--plug`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Plug {
+    /// Into the pod's sandbox, by our shim at the sandbox's start (Kata
+    /// cold plug: `cold_plug_vfio = "root-port"`): prepare records the
+    /// pods the claim is reserved for, and the CDI edits carry only the
+    /// guest description (no device node, so Kata never hot-plugs the VF
+    /// a second time into the same VM).
+    #[default]
+    Cold,
+    /// Into each container that references the claim, by the runtime
+    /// applying the CDI edits' `/dev/vfio` nodes (runc; Kata hot plug:
+    /// runtime-rs `pcie_root_port` > 0, Go `hot_plug_vfio = "root-port"`).
+    Hot,
+}
+
+impl std::str::FromStr for Plug {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cold" => Ok(Plug::Cold),
+            "hot" => Ok(Plug::Hot),
+            _ => Err(format!("{s:?}: expected \"cold\" or \"hot\"")),
+        }
+    }
 }
 
 impl Settings {

@@ -14,3 +14,5 @@ pub mod prepare;
 pub mod proto;
 pub mod server;
 pub mod slices;
+#[cfg(feature = "fakes")]
+pub mod testing;

@@ -14,7 +14,7 @@ use kata_sriov::kernel::vfio::SysfsBinder;
 use kata_sriov::policy::config::Config;
 use kata_sriov_k8s::agent;
 use kata_sriov_k8s::deviceplugin::{self, allocate::DpSettings};
-use kata_sriov_k8s::host::{Host, Settings};
+use kata_sriov_k8s::host::{Host, Plug, Settings};
 
 #[derive(Parser)]
 #[command(name = "kata-sriov-k8s", about = "kata-sriov's Kubernetes node agent")]
@@ -76,6 +76,12 @@ struct DraArgs {
     /// Where CDI specs are written (the runtime's CDI spec directory).
     #[arg(long, default_value = kata_sriov::oci::cdi::DEFAULT_CDI_DIR)]
     cdi_dir: PathBuf,
+    /// How prepared VFIO VFs reach the pod: "cold" (our shim adds them to
+    /// the pod's sandbox, Kata cold-plugs them; the CDI edits carry no
+    /// device node) or "hot" (the CDI edits carry the /dev/vfio nodes:
+    /// runc, or Kata hot plug into the containers that reference the claim).
+    #[arg(long, default_value = "cold")]
+    plug: Plug,
     /// Seconds between rescans of sysfs and the ledger for slice changes.
     #[arg(long, default_value_t = 10)]
     rescan_seconds: u64,
@@ -106,6 +112,7 @@ fn run(cli: Cli, log: slog::Logger) -> Result<()> {
         plugins_registry: a.plugins_registry,
         plugins_dir: a.plugins_dir,
         rescan: Duration::from_secs(a.rescan_seconds.max(1)),
+        plug: a.plug,
     };
     let host = host(cfg)?;
     runtime()?.block_on(async move {

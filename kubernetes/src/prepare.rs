@@ -10,6 +10,12 @@
 //! same CDI spec; a failed prepare leaves no lease (the engine rolls back)
 //! and no spec.
 //!
+//! With `--plug cold` (the default) prepare also records, in the claim's
+//! leases, the pods the claim is reserved for (`status.reservedFor`), so
+//! that our shim adds the VFs to that pod's sandbox at its start (Kata
+//! cold plug); the CDI edits then carry no device node. With `--plug hot`
+//! no pod is recorded and the CDI edits carry the `/dev/vfio` nodes.
+//!
 //! Opaque config (`status.allocation.devices.config[].opaque` whose driver
 //! is ours) carries the guest side of a VF, as one entry of the
 //! `io.kata-sriov.networks` annotation without `pool` (the scheduler chose
@@ -28,10 +34,10 @@ use kata_sriov::kernel::vfio;
 use kata_sriov::oci::cdi::{self, CdiError};
 use kata_sriov::pci::PciAddress;
 use kata_sriov::policy::request::{self, EntryError, NetworkRequest, MAX_REQUEST_BYTES};
-use kata_sriov::state::ledger::OwnerCheck;
+use kata_sriov::state::ledger::{OwnerCheck, PodRef};
 use serde_json::Value;
 
-use crate::host::{Host, Settings};
+use crate::host::{Host, Plug, Settings};
 use crate::names::{self, NameError};
 
 /// The version and kind opaque parameters may name.
@@ -76,6 +82,8 @@ pub enum PrepareError {
         claim: String,
         source: Box<ClaimError>,
     },
+    #[error("claim {claim}: status.reservedFor")]
+    ReservedFor { claim: String, source: NameError },
     #[error("claim {claim}: writing its CDI spec")]
     Cdi { claim: String, source: CdiError },
     #[error("claim {claim}: {first}; releasing its VFs again also failed: {rollback}")]
@@ -275,6 +283,10 @@ pub fn prepare(
         claim: label.clone(),
         source: Box::new(source),
     })?;
+    let pods = match s.plug {
+        Plug::Cold => reserved_pods(claim, &label)?,
+        Plug::Hot => Vec::new(),
+    };
     let reqs: Vec<NetworkRequest> = ours.iter().map(|a| a.req.clone()).collect();
     let claimed = engine
         .claim(uid, &reqs, OwnerCheck::None)
@@ -282,7 +294,14 @@ pub fn prepare(
             claim: label.clone(),
             source: Box::new(source),
         })?;
-    match write_spec(host, s, uid, &ours, &claimed) {
+    let done = engine
+        .set_pods(uid, &pods)
+        .map_err(|source| PrepareError::Claim {
+            claim: label.clone(),
+            source: Box::new(source),
+        })
+        .and_then(|()| write_spec(host, s, uid, &ours, &claimed));
+    match done {
         Ok(out) => Ok(out),
         Err(first) => {
             // Nothing half-done: the VFs go back.
@@ -296,6 +315,37 @@ pub fn prepare(
             }
         }
     }
+}
+
+/// The pods claim `claim` (labelled `label`) is reserved for
+/// (`status.reservedFor` entries of resource `pods` in the core group),
+/// each in the claim's namespace: the sandboxes our shim may cold-plug
+/// its VFs into.
+fn reserved_pods(claim: &ResourceClaim, label: &str) -> Result<Vec<PodRef>, PrepareError> {
+    let namespace = claim.metadata.namespace.clone().unwrap_or_default();
+    let mut pods: Vec<PodRef> = Vec::new();
+    let refs = claim
+        .status
+        .as_ref()
+        .and_then(|st| st.reserved_for.as_deref());
+    for r in refs.unwrap_or_default() {
+        if r.resource != "pods" || !r.api_group.as_deref().unwrap_or_default().is_empty() {
+            continue;
+        }
+        names::check_uid(&r.uid).map_err(|e| PrepareError::ReservedFor {
+            claim: label.to_owned(),
+            source: e,
+        })?;
+        let p = PodRef {
+            namespace: namespace.clone(),
+            uid: r.uid.clone(),
+        };
+        if !pods.contains(&p) {
+            pods.push(p);
+        }
+    }
+    pods.sort_by(|a, b| a.uid.cmp(&b.uid));
+    Ok(pods)
 }
 
 fn write_spec(
@@ -342,7 +392,12 @@ fn write_spec(
     } else {
         None
     };
-    let spec = cdi::build(names::CDI_KIND, &devices, container.as_ref()).map_err(cdi_err)?;
+    let mut spec = cdi::build(names::CDI_KIND, &devices, container.as_ref()).map_err(cdi_err)?;
+    if s.plug == Plug::Cold {
+        // Our shim puts the VFs into the pod's sandbox: a device node here
+        // would have Kata hot-plug the same VF into the same VM again.
+        spec = cdi::without_device_nodes(spec);
+    }
     cdi::write(&s.cdi_dir, &names::cdi_stem(uid), &spec).map_err(cdi_err)?;
     Ok(out)
 }

@@ -457,6 +457,7 @@ mod tests {
             cdi_dir: PathBuf::new(),
             plugins_registry: PathBuf::new(),
             plugins_dir: PathBuf::new(),
+            plug: Default::default(),
             rescan: Duration::from_secs(1),
         }
     }

@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -21,8 +20,6 @@ use kata_sriov::engine::claim::Engine;
 use kata_sriov::kernel::netlink::VfSettings;
 use kata_sriov::policy::request::parse_request;
 use kata_sriov::state::ledger::OwnerCheck;
-use kata_sriov_k8s::agent;
-use kata_sriov_k8s::host::Host;
 use kata_sriov_k8s::names;
 use kata_sriov_k8s::proto::{dra_v1, dra_v1beta1};
 use serde_json::{json, Value};
@@ -46,34 +43,6 @@ fn generation(slices: &BTreeMap<String, ResourceSlice>) -> i64 {
     slices[SLICE].spec.pool.generation
 }
 
-async fn prepare(
-    r: &mut Registered,
-    ns: &str,
-    name: &str,
-    uid: &str,
-) -> dra_v1::NodePrepareResourceResponse {
-    let resp =
-        r.v1.node_prepare_resources(dra_v1::NodePrepareResourcesRequest {
-            claims: vec![v1_claim(ns, name, uid)],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.claims.len(), 1, "{resp:?}");
-    resp.claims[uid].clone()
-}
-
-async fn unprepare(r: &mut Registered, uid: &str) -> String {
-    let resp =
-        r.v1.node_unprepare_resources(dra_v1::NodeUnprepareResourcesRequest {
-            claims: vec![v1_claim("default", "x", uid)],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    resp.claims[uid].error.clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     // Pool "gone" names a PF this node does not have: it is published
@@ -87,22 +56,8 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     node.fake
         .write(&format!("bus/pci/devices/{}/numa_node", node.vf(1)), "1\n");
     let api = ApiServer::start();
-    let mut host = Host::new(
-        node.cfg.clone(),
-        Arc::new(node.nl()),
-        Arc::new(node.binder()),
-    );
-    host.node_wait = Some(Duration::ZERO);
-    let host = Arc::new(host);
     let settings = node.settings();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(agent::run_dra(
-        host.clone(),
-        settings.clone(),
-        api.client(),
-        kata_sriov::log::discard(),
-        stopped,
-    ));
+    let agent = node.start_agent(&api, &settings);
 
     // Registration, as the kubelet does it.
     let mut k = kubelet_register(&settings.plugins_registry, Duration::from_secs(20)).await;
@@ -178,7 +133,7 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
                     "name":"net1","ips":["10.0.0.5/24"],"gateway":"10.0.0.1","mtu":1400}),
         ),
     ));
-    let r = prepare(&mut k, "default", "c1", UID).await;
+    let r = kubelet_prepare(&mut k, "default", "c1", UID).await;
     assert_eq!(r.error, "");
     let cdi_name = format!("{UID}-{dev2}");
     assert_eq!(
@@ -249,7 +204,7 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     assert_eq!(guest[0].l3.ips[0].to_string(), "10.0.0.5/24");
 
     // Idempotent: again, and through v1beta1, the same answer, one lease.
-    let again = prepare(&mut k, "default", "c1", UID).await;
+    let again = kubelet_prepare(&mut k, "default", "c1", UID).await;
     assert_eq!(again, r);
     let beta = k
         .v1beta1
@@ -357,7 +312,7 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
         &[("node-1/fast", &dev2)],
         None,
     ));
-    let r2 = prepare(&mut k, "default", "c2", UID2).await;
+    let r2 = kubelet_prepare(&mut k, "default", "c2", UID2).await;
     assert!(r2.devices.is_empty());
     assert!(
         r2.error.contains(&node.vf(2).to_string())
@@ -383,7 +338,7 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
             &[("node-1/fast", &dev3)],
             Some(params.clone()),
         ));
-        let r3 = prepare(&mut k, "default", "c3", UID3).await;
+        let r3 = kubelet_prepare(&mut k, "default", "c3", UID3).await;
         assert!(r3.error.contains(why), "{params}: {}", r3.error);
         assert!(r3.error.contains("default/c3"), "{}", r3.error);
     }
@@ -396,7 +351,7 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
         &[("node-2/fast", &dev3)],
         None,
     ));
-    let r3 = prepare(&mut k, "default", "c3", UID3).await;
+    let r3 = kubelet_prepare(&mut k, "default", "c3", UID3).await;
     assert_eq!((r3.error.as_str(), r3.devices.len()), ("", 0));
     api.add_claim(claim(
         "default",
@@ -405,17 +360,17 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
         &[("node-1/fast", "vf-../../x")],
         None,
     ));
-    let r3 = prepare(&mut k, "default", "c3", UID3).await;
+    let r3 = kubelet_prepare(&mut k, "default", "c3", UID3).await;
     assert!(
         r3.error.contains("\"vf-../../x\" is not one of ours"),
         "{}",
         r3.error
     );
     // The kubelet asking for a UID the claim no longer has.
-    let r3 = prepare(&mut k, "default", "c1", UID3).await;
+    let r3 = kubelet_prepare(&mut k, "default", "c1", UID3).await;
     assert!(r3.error.contains("the claim was replaced"), "{}", r3.error);
     let before = api.seen().len();
-    let hostile = prepare(&mut k, "../../api/v1/nodes", "x", UID3).await;
+    let hostile = kubelet_prepare(&mut k, "../../api/v1/nodes", "x", UID3).await;
     assert!(
         hostile.error.contains("not a valid namespace"),
         "{}",
@@ -427,7 +382,7 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
             .any(|s| s.path.contains("resourceclaims")),
         "a hostile namespace reached the API server"
     );
-    let missing = prepare(&mut k, "default", "nope", UID3).await;
+    let missing = kubelet_prepare(&mut k, "default", "nope", UID3).await;
     assert!(
         missing.error.contains("reading ResourceClaim default/nope"),
         "{}",
@@ -444,20 +399,23 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
     }
 
     // Unprepare: the VF back, its settings restored, the spec gone.
-    assert_eq!(unprepare(&mut k, UID).await, "");
+    assert_eq!(kubelet_unprepare(&mut k, UID).await, "");
     assert!(node.leases().is_empty());
     assert_eq!(node.driver(2).as_deref(), Some("iavf"));
     assert_eq!(nl.get("ens1f0", 2).unwrap(), VfSettings::default());
     assert!(!spec_path.exists());
     // Idempotent, and a claim never prepared is a success.
-    assert_eq!(unprepare(&mut k, UID).await, "");
-    assert_eq!(unprepare(&mut k, UID2).await, "");
-    let bad = unprepare(&mut k, "../../etc").await;
+    assert_eq!(kubelet_unprepare(&mut k, UID).await, "");
+    assert_eq!(kubelet_unprepare(&mut k, UID2).await, "");
+    let bad = kubelet_unprepare(&mut k, "../../etc").await;
     assert!(bad.contains("is not a UID"), "{bad}");
 
     // Released outside Kubernetes (`kata-sriov release <uid>`): the spec
     // goes at the next rescan, and unprepare is then a success.
-    assert_eq!(prepare(&mut k, "default", "c1", UID).await.error, "");
+    assert_eq!(
+        kubelet_prepare(&mut k, "default", "c1", UID).await.error,
+        ""
+    );
     assert!(spec_path.exists());
     assert_eq!(e.release(UID).unwrap(), [node.vf(2)]);
     let start = std::time::Instant::now();
@@ -468,10 +426,10 @@ async fn kubelet_prepares_and_unprepares_a_claim_through_the_agent() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(unprepare(&mut k, UID).await, "");
+    assert_eq!(kubelet_unprepare(&mut k, UID).await, "");
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), agent)
+    agent.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), agent.task)
         .await
         .unwrap()
         .unwrap()

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaimTemplate};
 use serde::de::DeserializeOwned;
@@ -51,6 +52,7 @@ fn every_manifest_is_the_type_it_claims() {
             ("v1", "Namespace") => drop(typed::<Namespace>(&name, &v)),
             ("v1", "ServiceAccount") => drop(typed::<ServiceAccount>(&name, &v)),
             ("v1", "Pod") => drop(typed::<Pod>(&name, &v)),
+            ("node.k8s.io/v1", "RuntimeClass") => drop(typed::<RuntimeClass>(&name, &v)),
             ("apps/v1", "DaemonSet") => drop(typed::<DaemonSet>(&name, &v)),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
                 drop(typed::<ClusterRole>(&name, &v))
@@ -79,6 +81,7 @@ fn every_manifest_is_the_type_it_claims() {
             "Pod",
             "Pod",
             "ResourceClaimTemplate",
+            "RuntimeClass",
             "ServiceAccount"
         ]
     );
@@ -263,6 +266,9 @@ fn claim_template_and_pod_fit_the_class_and_the_agent() {
     .unwrap();
     assert_eq!(r.l3.name.unwrap().as_str(), "net1");
     let spec = pod.spec.unwrap();
+    // The pod runs through our shim (cold plug, the agent's default).
+    let runtime: RuntimeClass = typed("runtimeclass.yaml", &load("runtimeclass.yaml"));
+    assert_eq!(spec.runtime_class_name, runtime.metadata.name);
     let rc = &spec.resource_claims.unwrap()[0];
     assert_eq!(rc.resource_claim_template_name, t.metadata.name);
     let claims = spec.containers[0]

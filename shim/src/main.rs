@@ -15,6 +15,7 @@
 mod args;
 mod delegate;
 mod devplugin;
+mod pod;
 mod response;
 
 use std::convert::Infallible;
@@ -32,7 +33,7 @@ use slog::{error, info, warn, Logger};
 
 use kata_sriov::engine::claim::Engine;
 use kata_sriov::error::chain;
-use kata_sriov::integrations::flow;
+use kata_sriov::integrations::{coldplug, flow};
 use kata_sriov::kernel::netlink::KernelNetlink;
 use kata_sriov::kernel::sysfs::SysfsRoot;
 use kata_sriov::kernel::vfio::SysfsBinder;
@@ -168,9 +169,7 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     }
     plan.resolve_dan(&cfg, &spec, id)?;
     if !plan.asks() {
-        let log = open_log(&cfg);
-        info!(log, "start: no request"; "id" => id, "delegate" => %path.display());
-        return Err(delegate::exec(&path, rest).into());
+        return start_unclaimed(&cfg, &path, rest, &bundle, spec, id);
     }
     let nl = KernelNetlink::new().context("opening netlink")?;
     let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
@@ -189,7 +188,15 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     plan.owned_by(owner.clone(), OwnerCheck::Bundle(bundle.clone()));
     let claimed = flow::claim_for_shim(&engine, &mut spec, &plan)
         .with_context(|| format!("claiming a VF for {owner}"))?;
-    if claimed.is_some() {
+    let own = claimed.as_deref().unwrap_or_default();
+    let pod = match pod::add_prepared(&engine, &mut spec, own, &log) {
+        Ok(p) => p,
+        Err(e) => {
+            release_after_failure(&engine, &owner, &log);
+            return Err(e);
+        }
+    };
+    if claimed.is_some() || pod > 0 {
         if let Err(e) = flow::write_bundle_config(&bundle, &spec) {
             release_after_failure(&engine, &owner, &log);
             return Err(e.into());
@@ -207,6 +214,45 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
         error!(log, "start: restoring config.json: {w}"; "owner" => &owner);
     }
     release_after_failure(&engine, &owner, &log);
+    Err(e.into())
+}
+
+/// `start` of a spec that asks for nothing itself: a pod's sandbox still
+/// gets the VFs the DRA agent prepared for the pod ([`pod::add_prepared`]);
+/// anything else goes to the delegate unchanged.
+fn start_unclaimed(
+    cfg: &Config,
+    path: &std::path::Path,
+    rest: &[OsString],
+    bundle: &std::path::Path,
+    mut spec: serde_json::Value,
+    id: &str,
+) -> Result<Infallible> {
+    let log = open_log(cfg);
+    let original = spec.clone();
+    // No state directory: nothing was ever prepared on this host.
+    let added = match coldplug::sandbox_pod(&spec) {
+        None => 0,
+        Some(_) if !cfg.state_dir.is_dir() => 0,
+        Some(_) => {
+            let nl = KernelNetlink::new().context("opening netlink")?;
+            let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+            let engine = Engine::new(cfg, &nl, &binder)?;
+            pod::add_prepared(&engine, &mut spec, &[], &log)?
+        }
+    };
+    if added > 0 {
+        flow::write_bundle_config(bundle, &spec)?;
+    } else {
+        info!(log, "start: no request"; "id" => id, "delegate" => %path.display());
+    }
+    let e = delegate::exec(path, rest);
+    if added > 0 {
+        error!(log, "start: {e}"; "id" => id);
+        if let Err(w) = flow::write_bundle_config(bundle, &original) {
+            error!(log, "start: restoring config.json: {w}"; "id" => id);
+        }
+    }
     Err(e.into())
 }
 

@@ -379,3 +379,43 @@ pub fn median_ms(v: &[Duration]) -> f64 {
     v.sort();
     v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
+
+/// A tree for the benchmarks, on tmpfs: PF `ens1f0` at `0000:00:00.0` (a
+/// domain of its own, so 64k VFs fit in the bus numbers) with `vfs` VFs on
+/// iavf, group nodes with the null device's numbers (a group opens like a
+/// free one on a real host), and a config with pool `fast` on it,
+/// `pool_extra` appended to its table.
+pub fn bench_tree(
+    vfs: u32,
+    pool_extra: &str,
+) -> anyhow::Result<(
+    tempfile::TempDir,
+    FakeSysfs,
+    kata_sriov::policy::config::Config,
+)> {
+    let dir = tempfile::Builder::new()
+        .prefix("ks-bench")
+        .tempdir_in("/dev/shm")?;
+    let sys = dir.path().join("sys");
+    let dev = dir.path().join("dev");
+    let fake = FakeSysfs::new(&sys);
+    fake.add_pf("0000:00:00.0", "ens1f0", vfs, vfs);
+    fake.make_vfio_nodes_as(&dev, Some((1, 3)))?;
+    let text = format!(
+        "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n\
+         [[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\n{pool_extra}\n",
+        dir.path().join("state"),
+        sys,
+        dev
+    );
+    let cfg = kata_sriov::policy::config::Config::parse(&text, Path::new("bench.toml"))?;
+    Ok((dir, fake, cfg))
+}
+
+/// The value after `--name` in `args` (the benchmarks' flags).
+pub fn flag_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}

@@ -1155,3 +1155,133 @@ fn podman_5_cdi_device_from_cdi_claim_sees_the_vf() {
     assert!(!gone.status.success(), "{gone:?}");
     timed("podman 5.8 CDI row", t0);
 }
+
+/// The CDI spec the DRA agent's prepare writes (`--plug hot`, the way a
+/// runc pod or Kata hot plug gets its VF), resolved by podman 5.8's CDI
+/// support (`--device kata-sriov.io/vf=<name>`) into a runc container that
+/// sees the VF's `/dev/vfio/<group>` and `/dev/vfio/vfio` (real character
+/// nodes, made with mknod under the fake tree's `dev_root`, with the
+/// numbers the spec names). Prepare runs in this process (the library
+/// call the gRPC service makes; the kubelet side is in kubernetes/tests).
+#[test]
+fn podman_5_resolves_the_cdi_spec_of_a_dra_prepare_into_the_vfio_nodes() {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::resource::v1::{
+        AllocationResult, DeviceAllocationResult, DeviceRequestAllocationResult, ResourceClaim,
+        ResourceClaimStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kata_sriov::kernel::sysfs::SysfsRoot;
+    use kata_sriov::kernel::vfio::SysfsBinder;
+    use kata_sriov::policy::config::Config;
+    use kata_sriov_k8s::host::{Host, Plug, Settings};
+    use kata_sriov_k8s::{names, prepare};
+
+    let Some(engines) = Engines::forky("podman 5.8 CDI from a DRA prepare") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (host, _kernel) = fake_host();
+    let cfg = Config::load(Some(&host.config)).unwrap();
+    let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+    let agent = Host::new(
+        cfg,
+        Arc::new(kata_sriov::testing::FileNetlink::new(
+            &host.path().join("nl"),
+        )),
+        Arc::new(binder),
+    );
+    let cdi_dir = host.path().join("cdi");
+    let settings = Settings {
+        driver: "kata-sriov.io".into(),
+        node: "node-1".into(),
+        cdi_dir: cdi_dir.clone(),
+        plugins_registry: host.path().join("registry"),
+        plugins_dir: host.path().join("plugins"),
+        rescan: Duration::from_secs(10),
+        plug: Plug::Hot,
+    };
+    const UID: &str = "0c4a5f8e-1d2b-4c3a-9f00-123456789abc";
+    let device = names::device_name(host.vf(1));
+    let claim = ResourceClaim {
+        metadata: ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some("c1".into()),
+            uid: Some(UID.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Default::default(),
+        status: Some(ResourceClaimStatus {
+            allocation: Some(AllocationResult {
+                devices: Some(DeviceAllocationResult {
+                    config: None,
+                    results: Some(vec![DeviceRequestAllocationResult {
+                        request: "vf".into(),
+                        driver: "kata-sriov.io".into(),
+                        pool: names::dra_pool("node-1", POOL),
+                        device: device.clone(),
+                        ..DeviceRequestAllocationResult::default()
+                    }]),
+                }),
+                ..AllocationResult::default()
+            }),
+            ..ResourceClaimStatus::default()
+        }),
+    };
+    let prepared = prepare::prepare(&agent, &settings, UID, &claim).unwrap();
+    assert_eq!(prepared.len(), 1);
+    let cdi_name = prepared[0].cdi_id.clone();
+    assert!(cdi_name.starts_with("kata-sriov.io/vf="), "{cdi_name}");
+
+    let hooks = host.path().join("no-hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let p = Podman::new(&engines, &host.path().join("podman"), &hooks, &host.config);
+    let rootfs = host.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = host.path().join("bb.tar");
+    tar_of(&rootfs, &tar);
+    p.ok(&["import", tar.to_str().unwrap(), "localhost/ks-bb:1"]);
+    // podman with our CDI spec directory, a container given CDI device `name`.
+    let run_with = |name: &str, script: &str| {
+        p.podman(&[
+            "--cdi-spec-dir",
+            cdi_dir.to_str().unwrap(),
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--device",
+            name,
+            "localhost/ks-bb:1",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let t = Instant::now();
+    let ls = ok(
+        "podman run --device <CDI name>",
+        &run_with(&cdi_name, "ls -l /dev/vfio/; env"),
+    );
+    timed("podman run --device <CDI name>", t);
+    // The VF's group node and the container node, with the host's numbers;
+    // the guest description in the environment.
+    let lease = check_claim(&host, UID, &ls);
+    assert_eq!(lease["vf"], host.vf(1).to_string());
+    let env_name = kata_sriov::oci::cdi::guest_env_name(host.vf(1));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(&format!("{env_name}=[{{"))),
+        "{ls}"
+    );
+    // An unknown CDI name is refused by the engine, not ignored.
+    assert!(!run_with("kata-sriov.io/vf=no-such-device", "true")
+        .status
+        .success());
+
+    prepare::unprepare(&agent, &settings, UID).unwrap();
+    check_released(&host, &lease);
+    assert!(!prepare::spec_path(&settings, UID).unwrap().exists());
+    timed("podman 5.8 CDI row", t0);
+}

@@ -547,6 +547,7 @@ impl<'a> Engine<'a> {
                     dan_file: dan_file.map(Path::to_path_buf),
                     netdev_move: None,
                     pod: None,
+                    pods: Vec::new(),
                     created: now,
                     updated: now,
                 },

@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::engine::claim::{ClaimError, Engine};
+use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
 use crate::pci::PciAddress;
+use crate::policy::config::{GuestMode, Mode};
 use crate::policy::owner;
-use crate::state::ledger::{self, Lease, LeaseState, LockGuard, OwnerCheck};
+use crate::state::ledger::{self, Lease, LeaseState, LockGuard, OwnerCheck, PodRef};
 
 /// How long a change to one lease waits for its VF's lock.
 pub const HOLD_WAIT: Duration = Duration::from_secs(30);
@@ -149,6 +150,46 @@ impl<'a> Engine<'a> {
             held.commit()?;
         }
         Ok(())
+    }
+
+    /// Records in each of `owner`'s leases the pods whose sandbox may
+    /// cold-plug its VF (the DRA agent: the pods its claim is reserved
+    /// for; an empty list stops cold plug). Leases already recording
+    /// exactly `pods` are not rewritten.
+    pub fn set_pods(&self, owner: &str, pods: &[PodRef]) -> Result<(), ClaimError> {
+        for l in self.leases_of(owner)? {
+            if l.pods == pods {
+                continue;
+            }
+            let mut held = self.hold(l.vf, HOLD_WAIT)?;
+            held.lease.pods = pods.to_vec();
+            held.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The VFs to cold-plug into `pod`'s sandbox: complete leases of vfio
+    /// pools whose guest is the helper, recording `pod` as the only pod
+    /// (a VF can be in one VM only, so a claim shared by several pods is
+    /// left to the containers' own devices), in VF order.
+    pub fn pod_vfs(&self, pod: &PodRef) -> Result<Vec<ClaimedVf>, ClaimError> {
+        let mut leases: Vec<Lease> = self
+            .ledger
+            .list()?
+            .into_iter()
+            .filter_map(|e| e.lease.ok())
+            .filter(|l| {
+                l.state == LeaseState::Claimed
+                    && l.mode == Mode::Vfio
+                    && l.pods.as_slice() == std::slice::from_ref(pod)
+            })
+            .collect();
+        leases.sort_by_key(|l| l.vf);
+        leases
+            .iter()
+            .map(|l| self.claimed_vf(l))
+            .filter(|c| !matches!(c, Ok(c) if c.guest != GuestMode::Helper))
+            .collect()
     }
 
     /// The host-wide lock, for state that must change together with the

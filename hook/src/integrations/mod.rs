@@ -2,6 +2,7 @@
 //! the Docker network driver, each over the engine.
 
 pub mod cdi;
+pub mod coldplug;
 pub mod docker;
 pub mod flow;
 pub mod hooks;

@@ -53,12 +53,18 @@ pub fn group_devices(root: &SysfsRoot, group: u32) -> Result<Vec<PciAddress>, Sy
 /// Returns `addr`'s IOMMU group when the group holds only `addr` and PCI
 /// bridges; otherwise an error naming what else is there.
 pub fn check_isolated(root: &SysfsRoot, addr: PciAddress) -> Result<u32, IommuError> {
-    if !enabled(root) {
-        return Err(IommuError::Off {
-            path: root.iommu_groups().display().to_string(),
-        });
-    }
-    let group = root.iommu_group(addr)?.ok_or(IommuError::NoGroup(addr))?;
+    // A device with a group proves the IOMMU on; only without one is the
+    // groups directory read (it has one entry per group: reading it for
+    // every VF made a scan of N VFs cost N times the directory).
+    let group = match root.iommu_group(addr)? {
+        Some(g) => g,
+        None if !enabled(root) => {
+            return Err(IommuError::Off {
+                path: root.iommu_groups().display().to_string(),
+            })
+        }
+        None => return Err(IommuError::NoGroup(addr)),
+    };
     let mut others = Vec::new();
     for dev in group_devices(root, group)? {
         if dev == addr {

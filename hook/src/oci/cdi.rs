@@ -16,9 +16,11 @@
 //!   and what the guest helper can read there; one variable per VF, so
 //!   several devices of one container never overwrite each other;
 //! * the same JSON as the device's `io.kata-sriov.guest-networks`
-//!   annotation: CDI annotations are not applied to containers, but a host
-//!   component that reads the spec file (our shim, cold-plugging a pod's
-//!   prepared VFs into its sandbox) finds it there without a second file.
+//!   annotation: CDI annotations are not applied to containers; it is
+//!   there for people reading the file.
+//!
+//! [`without_device_nodes`] drops the nodes for VFs our shim cold-plugs
+//! into the pod's sandbox (the agent's `--plug cold`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -235,6 +237,18 @@ pub fn build(
         kind: kind.into(),
         devices: out,
     })
+}
+
+/// `spec` with no device node in any device's edits: for VFs another
+/// component passes to the VM (our shim's cold plug into the pod's
+/// sandbox), so that a runtime applying the edits (Kata: hot plug) does
+/// not pass the same VF again. The environment stays (CDI refuses a
+/// device without edits; the guest helper reading it again is harmless).
+pub fn without_device_nodes(mut spec: Spec) -> Spec {
+    for d in &mut spec.devices {
+        d.container_edits.device_nodes.clear();
+    }
+    spec
 }
 
 /// Checks a spec file's stem (it becomes `<dir>/<stem>.json`).

@@ -13,6 +13,9 @@
 //!   (the latter removed when the edit has no guest networks, so a container
 //!   can never supply its own).
 //!
+//! [`add_pod_devices`] (a pod's DRA-prepared VFs in its sandbox's spec)
+//! owns the same entries but the owner annotation.
+//!
 //! Owned entries are removed and appended again, so applying an edit twice
 //! gives the same spec as applying it once, and the allow rules end up after
 //! any deny rule already present. Everything else comes out as it went in.
@@ -188,8 +191,24 @@ fn check_edit(edit: &SpecEdit) -> Result<Vec<&DeviceNode>, SpecError> {
     if !owner::valid(&edit.owner) {
         return Err(SpecError::BadOwner);
     }
+    let devices = check_devices(&edit.devices)?;
+    if let Some(h) = &edit.poststop {
+        if !h.path.starts_with('/') {
+            return Err(SpecError::BadHookPath(h.path.clone()));
+        }
+        if h.timeout == Some(0) {
+            return Err(SpecError::BadHookTimeout);
+        }
+    }
+    validate_guest_networks(&edit.guest)?;
+    Ok(devices)
+}
+
+/// The device nodes, each once; a path listed with two numbers, a bad path
+/// or a group node without [`VFIO_CONTAINER`] is refused.
+fn check_devices(list: &[DeviceNode]) -> Result<Vec<&DeviceNode>, SpecError> {
     let mut devices: Vec<&DeviceNode> = Vec::new();
-    for d in &edit.devices {
+    for d in list {
         if !d.path.starts_with('/')
             || d.path.split('/').any(|c| c == "..")
             || d.path.chars().any(char::is_control)
@@ -210,15 +229,6 @@ fn check_edit(edit: &SpecEdit) -> Result<Vec<&DeviceNode>, SpecError> {
             return Err(SpecError::MissingVfioContainer(group.path.clone()));
         }
     }
-    if let Some(h) = &edit.poststop {
-        if !h.path.starts_with('/') {
-            return Err(SpecError::BadHookPath(h.path.clone()));
-        }
-        if h.timeout == Some(0) {
-            return Err(SpecError::BadHookTimeout);
-        }
-    }
-    validate_guest_networks(&edit.guest)?;
     Ok(devices)
 }
 
@@ -292,40 +302,13 @@ fn path_of(v: &Value) -> Option<&str> {
 pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
     check_spec(spec)?;
     let devices = check_edit(edit)?;
-    let guest = if edit.guest.is_empty() {
-        None
-    } else {
-        let text = serde_json::to_string(&edit.guest)
-            .map_err(|e| SpecError::Guest(GuestNetError::Json(e)))?;
-        if text.len() > MAX_GUEST_JSON {
-            return Err(SpecError::Guest(GuestNetError::TooLarge(text.len())));
-        }
-        Some(text)
-    };
+    let guest = guest_text(&edit.guest)?;
     // Edit a copy: whatever happens below, `spec` changes all at once or not at all.
     let mut work = spec.clone();
     let Value::Object(root) = &mut work else {
         return Err(SpecError::NotObject(kind(spec)));
     };
-
-    if !devices.is_empty() {
-        let linux = object_at(root, "linux", "linux")?;
-        let list = array_at(linux, "devices", "linux.devices")?;
-        list.retain(|v| !path_of(v).is_some_and(|p| devices.iter().any(|d| d.path == p)));
-        list.extend(devices.iter().map(|d| device_entry(d)));
-
-        let mut rules: Vec<Value> = Vec::new();
-        for d in &devices {
-            let r = allow_rule(d);
-            if !rules.contains(&r) {
-                rules.push(r);
-            }
-        }
-        let resources = object_at(linux, "resources", "linux.resources")?;
-        let list = array_at(resources, "devices", "linux.resources.devices")?;
-        list.retain(|v| !rules.contains(v));
-        list.extend(rules);
-    }
+    put_devices(root, &devices)?;
 
     if let Some(hook) = &edit.poststop {
         let ours = hook.to_value();
@@ -338,6 +321,26 @@ pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
 
     let annotations = object_at(root, "annotations", "annotations")?;
     annotations.insert(OWNER_ANNOTATION.into(), Value::from(edit.owner.as_str()));
+    put_guest(annotations, guest);
+    *spec = work;
+    Ok(())
+}
+
+/// The guest annotation's text; `None` for no networks.
+fn guest_text(guest: &[GuestNetwork]) -> Result<Option<String>, SpecError> {
+    if guest.is_empty() {
+        return Ok(None);
+    }
+    let text =
+        serde_json::to_string(guest).map_err(|e| SpecError::Guest(GuestNetError::Json(e)))?;
+    if text.len() > MAX_GUEST_JSON {
+        return Err(SpecError::Guest(GuestNetError::TooLarge(text.len())));
+    }
+    Ok(Some(text))
+}
+
+/// Sets the guest annotation, or removes it (a container never supplies its own).
+fn put_guest(annotations: &mut Map<String, Value>, guest: Option<String>) {
     match guest {
         Some(text) => {
             annotations.insert(GUEST_ANNOTATION.into(), Value::String(text));
@@ -346,6 +349,53 @@ pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
             annotations.shift_remove(GUEST_ANNOTATION);
         }
     }
+}
+
+/// Replaces the `linux.devices` entries and allow rules of `devices`.
+fn put_devices(root: &mut Map<String, Value>, devices: &[&DeviceNode]) -> Result<(), SpecError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let linux = object_at(root, "linux", "linux")?;
+    let list = array_at(linux, "devices", "linux.devices")?;
+    list.retain(|v| !path_of(v).is_some_and(|p| devices.iter().any(|d| d.path == p)));
+    list.extend(devices.iter().map(|d| device_entry(d)));
+
+    let mut rules: Vec<Value> = Vec::new();
+    for d in devices {
+        let r = allow_rule(d);
+        if !rules.contains(&r) {
+            rules.push(r);
+        }
+    }
+    let resources = object_at(linux, "resources", "linux.resources")?;
+    let list = array_at(resources, "devices", "linux.resources.devices")?;
+    list.retain(|v| !rules.contains(v));
+    list.extend(rules);
+    Ok(())
+}
+
+/// Adds the VFs prepared for a pod (by the DRA agent) to its sandbox's
+/// spec: their device nodes and allow rules, and the guest annotation set
+/// to `guest` (the entries of VFs the host already wrote into this spec,
+/// then the pod's): whatever the spec carried there is replaced. The owner
+/// annotation is left alone (these VFs are released by the agent's
+/// unprepare, never by the sandbox). On error `spec` is unchanged.
+pub fn add_pod_devices(
+    spec: &mut Value,
+    devices: &[DeviceNode],
+    guest: &[GuestNetwork],
+) -> Result<(), SpecError> {
+    check_spec(spec)?;
+    let devices = check_devices(devices)?;
+    validate_guest_networks(guest)?;
+    let guest = guest_text(guest)?;
+    let mut work = spec.clone();
+    let Value::Object(root) = &mut work else {
+        return Err(SpecError::NotObject(kind(spec)));
+    };
+    put_devices(root, &devices)?;
+    put_guest(object_at(root, "annotations", "annotations")?, guest);
     *spec = work;
     Ok(())
 }
@@ -753,5 +803,55 @@ mod tests {
         let mut spec = serde_json::json!({});
         apply(&mut spec, &e).unwrap();
         assert_eq!(spec["linux"]["devices"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn pod_devices_join_the_hosts_own_and_replace_a_containers_guest_annotation() {
+        let mut spec = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        let own = edit();
+        apply(&mut spec, &own).unwrap();
+        let pod_node = node("/dev/vfio/43", 243, 1);
+        let mut pod_guest = own.guest[0].clone();
+        pod_guest.mac = Some("02:00:00:00:00:02".parse().unwrap());
+        pod_guest.l3.name = Some("net2".parse().unwrap());
+        let devices = vec![pod_node.clone(), node(VFIO_CONTAINER, 10, 196)];
+        let guest = vec![own.guest[0].clone(), pod_guest];
+        // Two VFs named alike are refused, the spec unchanged.
+        let before = spec.clone();
+        let twice = vec![own.guest[0].clone(), own.guest[0].clone()];
+        assert!(add_pod_devices(&mut spec, &devices, &twice).is_err());
+        assert_eq!(spec, before);
+        add_pod_devices(&mut spec, &devices, &guest).unwrap();
+        let once = spec.clone();
+        add_pod_devices(&mut spec, &devices, &guest).unwrap();
+        assert_eq!(spec, once, "idempotent");
+        let devs = spec["linux"]["devices"].as_array().unwrap();
+        let paths: Vec<&str> = devs.iter().filter_map(path_of).collect();
+        assert_eq!(
+            paths,
+            ["/dev/fuse", "/dev/vfio/42", "/dev/vfio/43", VFIO_CONTAINER]
+        );
+        assert!(spec["linux"]["resources"]["devices"]
+            .as_array()
+            .unwrap()
+            .contains(&allow_rule(&pod_node)));
+        let ann = &spec["annotations"];
+        assert_eq!(ann[OWNER_ANNOTATION], "k8s.io/5f2c0e6c1d3b");
+        assert_eq!(
+            ann[GUEST_ANNOTATION].as_str().unwrap(),
+            serde_json::to_string(&guest).unwrap()
+        );
+
+        // Without a claim of the host's own: the container's annotation
+        // is replaced, no owner is written.
+        let mut spec = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        add_pod_devices(&mut spec, &devices, &guest[1..]).unwrap();
+        assert!(spec["annotations"].get(OWNER_ANNOTATION).is_none());
+        assert!(!text(&spec).contains("evil"));
+        // A group node without the container node changes nothing.
+        let before = spec.clone();
+        let e = add_pod_devices(&mut spec, &[node("/dev/vfio/44", 243, 2)], &[]).unwrap_err();
+        assert!(matches!(e, SpecError::MissingVfioContainer(_)), "{e}");
+        assert_eq!(spec, before);
     }
 }

@@ -74,6 +74,15 @@ pub enum OwnerCheck {
 
 pub use crate::kernel::netns::NetdevMove;
 
+/// A pod, as the CRI names it to the runtime
+/// (`io.kubernetes.cri.sandbox-namespace`, `io.kubernetes.cri.sandbox-uid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRef {
+    pub namespace: String,
+    pub uid: String,
+}
+
 /// How a pool's VF reaches the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +130,10 @@ pub struct Lease {
     /// VF, recorded by the node agent from the kubelet's PodResources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pods whose sandbox our shim cold-plugs this VF into (the DRA
+    /// agent records the pods a claim is reserved for; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodRef>,
     /// Unix seconds.
     pub created: u64,
     pub updated: u64,

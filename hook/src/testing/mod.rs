@@ -134,6 +134,7 @@ pub fn sample_lease(vf: &str, owner: &str) -> Lease {
         dan_file: None,
         netdev_move: None,
         pod: None,
+        pods: Vec::new(),
         created: now_secs(),
         updated: now_secs(),
     }

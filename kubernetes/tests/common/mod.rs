@@ -1,7 +1,6 @@
-//! Test support for the agent's tests: a stand-in for the API server at
-//! the HTTP level (the paths and JSON kube-rs sends and expects, every
-//! body checked by parsing it as the k8s-openapi type), a kubelet client
-//! over the real gRPC protocol on the plugin sockets, and a fake node.
+//! Test support for the agent's tests: a fake node (sysfs tree, /dev
+//! nodes, state dir, config), plus the stand-in API server and the
+//! kubelet's gRPC side from `kata_sriov_k8s::testing` (feature `fakes`).
 //! Nothing of Kubernetes itself runs here (no kubelet or kube-apiserver is
 //! packaged for these machines).
 
@@ -9,391 +8,17 @@
 
 pub mod kubelet_dp;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::{
-    AllocationResult, DeviceAllocationConfiguration, DeviceAllocationResult,
-    DeviceRequestAllocationResult, OpaqueDeviceConfiguration, ResourceClaim, ResourceClaimStatus,
-    ResourceSlice,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kata_sriov::pci::PciAddress;
 use kata_sriov::policy::config::Config;
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
-use kata_sriov_k8s::proto::{dra_v1, dra_v1beta1, pluginregistration as reg};
-use serde_json::{json, Value};
-use tonic::transport::{Channel, Endpoint};
-
-pub const DRIVER: &str = "kata-sriov.io";
-pub const NODE: &str = "node-1";
-pub const NODE_UID: &str = "6d1f2a9e-0000-4000-8000-00000000aaaa";
-
-/// One request the stand-in API server received.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-}
-
-#[derive(Default)]
-pub struct ApiState {
-    pub claims: BTreeMap<(String, String), ResourceClaim>,
-    pub slices: BTreeMap<String, ResourceSlice>,
-    pub seen: Vec<Seen>,
-    rv: u64,
-    /// Answer every request with 503 (an API server that is away).
-    pub down: bool,
-}
-
-/// The stand-in API server.
-pub struct ApiServer {
-    pub addr: std::net::SocketAddr,
-    pub state: Arc<Mutex<ApiState>>,
-}
-
-fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
-    (
-        code,
-        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
-               "message":message,"reason":reason,"code":code}),
-    )
-}
-
-fn node() -> Value {
-    serde_json::to_value(Node {
-        metadata: ObjectMeta {
-            name: Some(NODE.into()),
-            uid: Some(NODE_UID.into()),
-            resource_version: Some("1".into()),
-            ..ObjectMeta::default()
-        },
-        ..Node::default()
-    })
-    .unwrap()
-}
-
-impl ApiState {
-    fn next_rv(&mut self) -> String {
-        self.rv += 1;
-        self.rv.to_string()
-    }
-
-    fn handle(&mut self, method: &str, path: &str, query: &str, body: &[u8]) -> (u16, Value) {
-        self.seen.push(Seen {
-            method: method.into(),
-            path: path.into(),
-            query: query.into(),
-        });
-        if self.down {
-            return status(503, "ServiceUnavailable", "down for the test");
-        }
-        const SLICES: &str = "/apis/resource.k8s.io/v1/resourceslices";
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match (method, parts.as_slice()) {
-            ("GET", ["api", "v1", "nodes", name]) if *name == NODE => (200, node()),
-            ("GET", ["api", "v1", "nodes", _]) => status(404, "NotFound", "no such node"),
-            (
-                "GET",
-                ["apis", "resource.k8s.io", "v1", "namespaces", ns, "resourceclaims", name],
-            ) => match self.claims.get(&(ns.to_string(), name.to_string())) {
-                Some(c) => (200, serde_json::to_value(c).unwrap()),
-                None => status(404, "NotFound", "resourceclaims not found"),
-            },
-            ("GET", _) if path == SLICES => {
-                let sel = query_param(query, "fieldSelector").unwrap_or_default();
-                let items: Vec<&ResourceSlice> = self
-                    .slices
-                    .values()
-                    .filter(|s| {
-                        sel.split(',').all(|term| match term.split_once('=') {
-                            Some(("spec.nodeName", v)) => s.spec.node_name.as_deref() == Some(v),
-                            Some(("spec.driver", v)) => s.spec.driver == v,
-                            _ => term.is_empty(),
-                        })
-                    })
-                    .collect();
-                let rv = self.rv.to_string();
-                (
-                    200,
-                    json!({"apiVersion":"resource.k8s.io/v1","kind":"ResourceSliceList",
-                           "metadata":{"resourceVersion":rv},"items":items}),
-                )
-            }
-            ("POST", _) if path == SLICES => {
-                let mut s: ResourceSlice = match serde_json::from_slice(body) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        return status(400, "BadRequest", &format!("not a ResourceSlice: {e}"))
-                    }
-                };
-                let name = s.metadata.name.clone().unwrap_or_default();
-                if self.slices.contains_key(&name) {
-                    return status(409, "AlreadyExists", "resourceslices already exists");
-                }
-                s.metadata.resource_version = Some(self.next_rv());
-                s.metadata.uid = Some(format!("slice-uid-{name}"));
-                self.slices.insert(name, s.clone());
-                (201, serde_json::to_value(s).unwrap())
-            }
-            ("PUT", ["apis", "resource.k8s.io", "v1", "resourceslices", name]) => {
-                let mut s: ResourceSlice = match serde_json::from_slice(body) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        return status(400, "BadRequest", &format!("not a ResourceSlice: {e}"))
-                    }
-                };
-                let Some(cur) = self.slices.get(*name) else {
-                    return status(404, "NotFound", "resourceslices not found");
-                };
-                if s.metadata.resource_version != cur.metadata.resource_version {
-                    return status(409, "Conflict", "the object has been modified");
-                }
-                s.metadata.uid = cur.metadata.uid.clone();
-                s.metadata.resource_version = Some(self.next_rv());
-                self.slices.insert(name.to_string(), s.clone());
-                (200, serde_json::to_value(s).unwrap())
-            }
-            ("DELETE", ["apis", "resource.k8s.io", "v1", "resourceslices", name]) => {
-                match self.slices.remove(*name) {
-                    Some(s) => (200, serde_json::to_value(s).unwrap()),
-                    None => status(404, "NotFound", "resourceslices not found"),
-                }
-            }
-            _ => status(
-                404,
-                "NotFound",
-                &format!("the stand-in does not serve {method} {path}"),
-            ),
-        }
-    }
-}
-
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn serve_conn(stream: TcpStream, state: Arc<Mutex<ApiState>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut it = line.split_whitespace();
-        let (method, target) = (
-            it.next().unwrap_or_default().to_owned(),
-            it.next().unwrap_or_default().to_owned(),
-        );
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                assert!(
-                    !(k.eq_ignore_ascii_case("transfer-encoding")),
-                    "the stand-in expects sized bodies"
-                );
-            }
-        }
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let (code, v) = state.lock().unwrap().handle(&method, path, query, &body);
-        let text = serde_json::to_vec(&v).unwrap();
-        let head = format!(
-            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            text.len()
-        );
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(&text).is_err() {
-            return;
-        }
-    }
-}
-
-impl ApiServer {
-    pub fn start() -> ApiServer {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ApiState::default()));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let st = st.clone();
-                std::thread::spawn(move || serve_conn(s, st));
-            }
-        });
-        ApiServer { addr, state }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// A kube client for this server.
-    pub fn client(&self) -> kube::Client {
-        let cfg = kube::Config::new(self.url().parse().unwrap());
-        kube::Client::try_from(cfg).unwrap()
-    }
-
-    /// A kubeconfig file pointing at this server.
-    pub fn kubeconfig(&self, path: &Path) {
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\nusers:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n",
-            self.url()
-        );
-        std::fs::write(path, text).unwrap();
-    }
-
-    pub fn add_claim(&self, c: ResourceClaim) {
-        let key = (
-            c.metadata.namespace.clone().unwrap(),
-            c.metadata.name.clone().unwrap(),
-        );
-        self.state.lock().unwrap().claims.insert(key, c);
-    }
-
-    pub fn slices(&self) -> BTreeMap<String, ResourceSlice> {
-        self.state.lock().unwrap().slices.clone()
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.state.lock().unwrap().seen.clone()
-    }
-
-    /// Waits (async) until `f` holds for the published slices.
-    pub async fn wait_for_slices(
-        &self,
-        what: &str,
-        mut f: impl FnMut(&BTreeMap<String, ResourceSlice>) -> bool,
-    ) -> BTreeMap<String, ResourceSlice> {
-        let start = Instant::now();
-        loop {
-            let s = self.slices();
-            if f(&s) {
-                return s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{what}: slices never matched: {s:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until `f` holds for the published slices.
-    pub fn wait_slices(
-        &self,
-        limit: Duration,
-        mut f: impl FnMut(&BTreeMap<String, ResourceSlice>) -> bool,
-    ) -> BTreeMap<String, ResourceSlice> {
-        let start = Instant::now();
-        loop {
-            let s = self.slices();
-            if f(&s) {
-                return s;
-            }
-            assert!(start.elapsed() < limit, "slices never matched: {s:#?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// A claim allocated to `devices` (DRA pool, device name) of our driver,
-/// with optional opaque parameters for request "vf".
-pub fn claim(
-    ns: &str,
-    name: &str,
-    uid: &str,
-    devices: &[(&str, &str)],
-    params: Option<Value>,
-) -> ResourceClaim {
-    let results = devices
-        .iter()
-        .enumerate()
-        .map(|(i, (pool, dev))| DeviceRequestAllocationResult {
-            request: if i == 0 {
-                "vf".into()
-            } else {
-                format!("vf{i}")
-            },
-            driver: DRIVER.into(),
-            pool: (*pool).into(),
-            device: (*dev).into(),
-            ..DeviceRequestAllocationResult::default()
-        })
-        .collect();
-    let config = params.map(|p| {
-        vec![DeviceAllocationConfiguration {
-            source: "FromClaim".into(),
-            requests: Some(vec!["vf".into()]),
-            opaque: Some(OpaqueDeviceConfiguration {
-                driver: DRIVER.into(),
-                parameters: RawExtension(p),
-            }),
-        }]
-    });
-    ResourceClaim {
-        metadata: ObjectMeta {
-            namespace: Some(ns.into()),
-            name: Some(name.into()),
-            uid: Some(uid.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Default::default(),
-        status: Some(ResourceClaimStatus {
-            allocation: Some(AllocationResult {
-                devices: Some(DeviceAllocationResult {
-                    config,
-                    results: Some(results),
-                }),
-                ..AllocationResult::default()
-            }),
-            ..ResourceClaimStatus::default()
-        }),
-    }
-}
+use kata_sriov_k8s::agent::{self, AgentError};
+use kata_sriov_k8s::host::{Host, Settings};
+pub use kata_sriov_k8s::testing::*;
+use serde_json::Value;
 
 /// A fake node: sysfs tree, /dev nodes, state dir, config.
 pub struct FakeNode {
@@ -437,6 +62,27 @@ impl FakeNode {
         }
     }
 
+    /// Starts the agent (in the current tokio runtime) on this node, with
+    /// its fake netlink and binder and no wait for `/dev` nodes, against `api`.
+    pub fn start_agent(&self, api: &ApiServer, settings: &Settings) -> RunningAgent {
+        let mut host = Host::new(
+            self.cfg.clone(),
+            Arc::new(self.nl()),
+            Arc::new(self.binder()),
+        );
+        host.node_wait = Some(Duration::ZERO);
+        let host = Arc::new(host);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(agent::run_dra(
+            host.clone(),
+            settings.clone(),
+            api.client(),
+            kata_sriov::log::discard(),
+            stopped,
+        ));
+        RunningAgent { host, stop, task }
+    }
+
     pub fn nl(&self) -> FileNetlink {
         FileNetlink::new(&self.nl_dir)
     }
@@ -469,6 +115,7 @@ impl FakeNode {
             plugins_registry: self.kubelet_dir().join("plugins_registry"),
             plugins_dir: self.kubelet_dir().join("plugins"),
             rescan: Duration::from_millis(100),
+            plug: kata_sriov_k8s::host::Plug::Hot,
         }
     }
 
@@ -496,69 +143,9 @@ impl FakeNode {
     }
 }
 
-/// A Unix-socket gRPC channel.
-pub async fn unix_channel(path: PathBuf) -> Channel {
-    Endpoint::try_from("http://[::1]:1")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
-        .await
-        .unwrap()
-}
-
-/// What the test's kubelet learnt at registration.
-pub struct Registered {
-    pub info: reg::PluginInfo,
-    pub v1: dra_v1::dra_plugin_client::DraPluginClient<Channel>,
-    pub v1beta1: dra_v1beta1::dra_plugin_client::DraPluginClient<Channel>,
-}
-
-/// Plays the kubelet's plugin watcher: waits for a socket to appear in
-/// the registration directory, calls GetInfo, reports the registration
-/// and connects to the endpoint the plugin named.
-pub async fn kubelet_register(registry: &Path, limit: Duration) -> Registered {
-    let start = Instant::now();
-    let sock = loop {
-        let found = std::fs::read_dir(registry).ok().and_then(|rd| {
-            rd.flatten().map(|e| e.path()).find(|p| {
-                use std::os::unix::fs::FileTypeExt;
-                std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
-            })
-        });
-        if let Some(s) = found {
-            break s;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "no registration socket in {registry:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut r = reg::registration_client::RegistrationClient::new(unix_channel(sock).await);
-    let info = r.get_info(reg::InfoRequest {}).await.unwrap().into_inner();
-    r.notify_registration_status(reg::RegistrationStatus {
-        plugin_registered: true,
-        error: String::new(),
-    })
-    .await
-    .unwrap();
-    let ep = PathBuf::from(&info.endpoint);
-    let ch = unix_channel(ep).await;
-    Registered {
-        info,
-        v1: dra_v1::dra_plugin_client::DraPluginClient::new(ch.clone()),
-        v1beta1: dra_v1beta1::dra_plugin_client::DraPluginClient::new(ch),
-    }
-}
-
-pub fn v1_claim(ns: &str, name: &str, uid: &str) -> dra_v1::Claim {
-    dra_v1::Claim {
-        namespace: ns.into(),
-        uid: uid.into(),
-        name: name.into(),
-    }
+/// An agent a test started ([`FakeNode::start_agent`]).
+pub struct RunningAgent {
+    pub host: Arc<Host>,
+    pub stop: tokio::sync::watch::Sender<bool>,
+    pub task: tokio::task::JoinHandle<Result<(), AgentError>>,
 }

@@ -8,7 +8,6 @@
 //!
 //! `cargo run --release -p kata-sriov-tests --bin bench-claim [-- --sizes 8,1000,64000 --iters 200]`
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kata_sriov::engine::claim::Engine;
@@ -26,24 +25,8 @@ struct Tree {
 }
 
 fn tree(vfs: u32, mac: &str) -> anyhow::Result<Tree> {
-    let dir = tempfile::Builder::new()
-        .prefix("ks-bench")
-        .tempdir_in("/dev/shm")?;
-    let sys = dir.path().join("sys");
-    let dev = dir.path().join("dev");
-    let fake = FakeSysfs::new(&sys);
-    // A domain of its own so 64k VFs fit in the bus numbers.
-    fake.add_pf("0000:00:00.0", "ens1f0", vfs, vfs);
-    // Null-device numbers: the group opens like a free one on a real host.
-    fake.make_vfio_nodes_as(&dev, Some((1, 3)))?;
-    let text = format!(
-        "state_dir = {:?}\nsysfs_root = {:?}\ndev_root = {:?}\n\
-         [[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nvlan = 100\nspoofchk = true\nmac = {mac:?}\n",
-        dir.path().join("state"),
-        sys,
-        dev
-    );
-    let cfg = Config::parse(&text, Path::new("bench.toml"))?;
+    let (dir, fake, cfg) =
+        kata_sriov_tests::bench_tree(vfs, &format!("vlan = 100\nspoofchk = true\nmac = {mac:?}"))?;
     let nl = RecordingNetlink::new();
     nl.add_pf(&"ens1f0".parse()?, vfs);
     Ok(Tree {
@@ -101,12 +84,7 @@ fn parallel(n: u32, delay: Duration) -> anyhow::Result<Duration> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| kata_sriov_tests::flag_value(&args, name);
     let sizes: Vec<u32> = arg("--sizes")
         .unwrap_or_else(|| "8,1000,64000".into())
         .split(',')
