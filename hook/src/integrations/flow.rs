@@ -21,6 +21,7 @@ use crate::oci::spec::{self, DeviceNode, SpecEdit, SpecError};
 use crate::policy::config::{Config, GuestMode, Mode};
 use crate::policy::request::RequestError;
 use crate::state::atomic::{self, Place};
+use crate::state::ledger::OwnerCheck;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -44,13 +45,15 @@ pub enum FlowError {
 
 /// The spec edit for claimed VFs; `vfio` is the host's `/dev/vfio/vfio`,
 /// resolved before the claim when the plan has VFIO nodes; `poststop`:
-/// whether to add the releasing poststop hook.
+/// whether to add the releasing poststop hook; `confirm`: whether to add
+/// the createRuntime hook that ties a precreate claim to its container.
 pub fn spec_edit(
     cfg: &Config,
     owner: &str,
     claimed: &[ClaimedVf],
     vfio: Option<DevNode>,
     poststop: bool,
+    confirm: bool,
 ) -> Result<SpecEdit, FlowError> {
     let mut devices = Vec::new();
     for c in claimed {
@@ -80,16 +83,17 @@ pub fn spec_edit(
         .filter(|c| c.guest == GuestMode::Helper && c.mode == Mode::Vfio)
         .map(ClaimedVf::guest_network)
         .collect();
-    let poststop = poststop.then(|| {
-        let mut h = hooks::default_poststop(&cfg.hook.binary, cfg.source.as_deref());
+    let hook = |mode| {
+        let mut h = hooks::injected(&cfg.hook.binary, cfg.source.as_deref(), mode);
         h.timeout = Some(cfg.hook.timeout);
         h
-    });
+    };
     Ok(SpecEdit {
         owner: owner.to_owned(),
         devices,
         guest,
-        poststop,
+        poststop: poststop.then(|| hook("poststop")),
+        create_runtime: confirm.then(|| hook("create-runtime")),
     })
 }
 
@@ -132,7 +136,8 @@ fn claim_edit(
         plan.check.clone(),
         plan.dan_file.as_deref(),
     )?;
-    let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop).and_then(|edit| {
+    let confirm = matches!(plan.check, OwnerCheck::Precreate { .. });
+    let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop, confirm).and_then(|edit| {
         let mut copy = spec.clone();
         spec::apply(&mut copy, &edit)?;
         Ok(copy)

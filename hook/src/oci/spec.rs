@@ -83,6 +83,9 @@ pub struct SpecEdit {
     pub guest: Vec<GuestNetwork>,
     /// Release hook to inject, `None` when injection is switched off.
     pub poststop: Option<HookEntry>,
+    /// createRuntime hook to inject (`hook precreate`'s claims: it ties
+    /// them to the container's bundle), or None.
+    pub create_runtime: Option<HookEntry>,
 }
 
 /// Why the spec could not be edited.
@@ -179,6 +182,7 @@ pub fn check_spec(spec: &Value) -> Result<(), SpecError> {
     }
     if let Some(Value::Object(hooks)) = field(root, "hooks", "hooks", true)? {
         field(hooks, "poststop", "hooks.poststop", false)?;
+        field(hooks, "createRuntime", "hooks.createRuntime", false)?;
     }
     field(root, "annotations", "annotations", true)?;
     Ok(())
@@ -210,7 +214,7 @@ fn check_edit(edit: &SpecEdit) -> Result<Vec<&DeviceNode>, SpecError> {
             return Err(SpecError::MissingVfioContainer(group.path.clone()));
         }
     }
-    if let Some(h) = &edit.poststop {
+    for h in edit.poststop.iter().chain(&edit.create_runtime) {
         if !h.path.starts_with('/') {
             return Err(SpecError::BadHookPath(h.path.clone()));
         }
@@ -327,11 +331,16 @@ pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
         list.extend(rules);
     }
 
-    if let Some(hook) = &edit.poststop {
+    let injected = [
+        ("poststop", "hooks.poststop", &edit.poststop),
+        ("createRuntime", "hooks.createRuntime", &edit.create_runtime),
+    ];
+    for (stage, name, hook) in injected {
+        let Some(hook) = hook else { continue };
         let ours = hook.to_value();
         let args = ours.get("args");
         let hooks = object_at(root, "hooks", "hooks")?;
-        let list = array_at(hooks, "poststop", "hooks.poststop")?;
+        let list = array_at(hooks, stage, name)?;
         list.retain(|v| !(path_of(v) == Some(hook.path.as_str()) && v.get("args") == args));
         list.push(ours);
     }
@@ -450,6 +459,7 @@ mod tests {
                 ],
                 timeout: Some(60),
             }),
+            create_runtime: None,
         }
     }
 

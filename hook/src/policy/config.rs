@@ -262,6 +262,11 @@ pub struct HookConfig {
     /// seconds, before leaving it to gc.
     #[serde(default = "default_release_wait")]
     pub release_wait: u32,
+    /// How long a `hook precreate` claim waits for its container's
+    /// createRuntime hook to confirm it, in seconds; gc reclaims it after
+    /// that (or as soon as the runtime that ran the hook is gone).
+    #[serde(default = "default_confirm_within")]
+    pub confirm_within: u32,
 }
 
 fn default_binary() -> PathBuf {
@@ -272,6 +277,9 @@ fn default_timeout() -> u32 {
 }
 fn default_release_wait() -> u32 {
     30
+}
+fn default_confirm_within() -> u32 {
+    300
 }
 
 impl HookConfig {
@@ -293,6 +301,7 @@ impl Default for HookConfig {
             binary: default_binary(),
             timeout: default_timeout(),
             release_wait: default_release_wait(),
+            confirm_within: default_confirm_within(),
         }
     }
 }

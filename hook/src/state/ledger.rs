@@ -70,6 +70,16 @@ pub enum OwnerCheck {
     Bundle(PathBuf),
     /// Alive while this process (pid and start time in clock ticks) runs.
     Process { pid: u32, start: u64 },
+    /// A `hook precreate` claim whose container has not appeared yet: alive
+    /// while the runtime that ran the hook (`caller`: pid and start time)
+    /// runs, and never past `confirm_by` (unix seconds). The container's
+    /// createRuntime hook turns it into [`OwnerCheck::Bundle`]; a spec
+    /// that never reached a runtime is reclaimed.
+    Precreate {
+        caller: u32,
+        start: u64,
+        confirm_by: u64,
+    },
 }
 
 pub use crate::kernel::netns::NetdevMove;
@@ -429,10 +439,39 @@ pub fn this_process() -> OwnerCheck {
     }
 }
 
+/// The calling process (this one's parent), as a precreate claim's
+/// [`OwnerCheck`] that must be confirmed by `confirm_by`; None when its
+/// start time cannot be read.
+pub fn precreate_caller(confirm_by: u64) -> Option<OwnerCheck> {
+    let caller = u32::try_from(nix::unistd::getppid().as_raw()).ok()?;
+    let start = process_start(Path::new("/proc"), caller)?;
+    Some(OwnerCheck::Precreate {
+        caller,
+        start,
+        confirm_by,
+    })
+}
+
 /// Liveness of a lease's owner: Some(true) alive, Some(false) gone, None
 /// cannot tell (which keeps the VF).
 pub fn owner_alive(check: &OwnerCheck, proc_root: &Path) -> Option<bool> {
     match check {
+        OwnerCheck::Precreate {
+            caller,
+            start,
+            confirm_by,
+        } => {
+            if now_secs() > *confirm_by {
+                return Some(false);
+            }
+            owner_alive(
+                &OwnerCheck::Process {
+                    pid: *caller,
+                    start: *start,
+                },
+                proc_root,
+            )
+        }
         OwnerCheck::None => None,
         OwnerCheck::Bundle(p) => match fs::symlink_metadata(p) {
             Ok(_) => Some(true),
