@@ -209,12 +209,15 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
         .take(MAX_INPUT_BYTES as u64 + 1)
         .read_to_end(&mut input)
         .context("reading config.json from stdin")?;
-    let mut spec = spec::parse_spec(&input)?;
+    let mut spec = spec::parse_spec_owned(input)?;
     let mut plan = ContainerPlan::for_hook(cfg, &spec)?;
     // The result goes to stdout: one that cannot be delivered is no claim.
     let mut out = Stdout::open().context("stdout (where the edited config goes)")?;
     if !plan.asks() {
-        return out.deliver(&input).context("writing the config to stdout");
+        // The text as it came in, byte for byte.
+        return out
+            .deliver(spec.text().as_bytes())
+            .context("writing the config to stdout");
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
@@ -235,9 +238,7 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
         .map(|c| format!("{} ({})", c.vf, c.pool))
         .collect();
     info!(logger, "precreate claimed"; "owner" => &owner, "vfs" => vfs.join(", "));
-    let mut edited = serde_json::to_vec(&spec)?;
-    edited.push(b'\n');
-    if let Err(e) = out.deliver(&edited) {
+    if let Err(e) = out.deliver(spec.text().as_bytes()) {
         let rollback = engine.release(&owner);
         info!(logger, "precreate rolled back"; "owner" => &owner, "released" => rollback.is_ok());
         return Err(e).context("writing the edited config to stdout (the claim is rolled back)");

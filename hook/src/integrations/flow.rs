@@ -8,16 +8,13 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
-use crate::error::chain;
 use crate::error::IoError;
 use crate::integrations::hooks;
 use crate::kernel::vfio::{self, DevNode};
 use crate::oci::dan::{self, DanError};
 use crate::oci::plan::{ContainerPlan, PlanError};
-use crate::oci::spec::{self, DeviceNode, SpecEdit, SpecError};
+use crate::oci::spec::{self, DeviceNode, Spec, SpecEdit, SpecError};
 use crate::policy::config::{Config, GuestMode, Mode};
 use crate::policy::request::RequestError;
 use crate::state::atomic::{self, Place};
@@ -105,7 +102,7 @@ pub fn spec_edit(
 /// it again.
 pub fn claim_into_spec(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     plan: &ContainerPlan,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
     let poststop = engine.cfg.hook.precreate_poststop();
@@ -114,7 +111,7 @@ pub fn claim_into_spec(
 
 fn claim_edit(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     plan: &ContainerPlan,
     poststop: bool,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
@@ -125,7 +122,6 @@ fn claim_edit(
     if owner.is_empty() {
         return Err(FlowError::Other("the container's plan has no owner".into()));
     }
-    spec::check_spec(spec)?;
     let vfio = match plan.vfio_nodes {
         true => Some(vfio::container_node(&engine.cfg.dev_root).map_err(ClaimError::from)?),
         false => None,
@@ -137,11 +133,8 @@ fn claim_edit(
         plan.dan_file.as_deref(),
     )?;
     let confirm = matches!(plan.check, OwnerCheck::Precreate { .. });
-    let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop, confirm).and_then(|edit| {
-        let mut copy = spec.clone();
-        spec::apply(&mut copy, &edit)?;
-        Ok(copy)
-    });
+    let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop, confirm)
+        .and_then(|edit| Ok(spec.apply(&edit)?));
     match edited {
         Ok(s) => {
             *spec = s;
@@ -163,7 +156,7 @@ fn claim_edit(
 /// failure after the claim releases it.
 pub fn claim_for_shim(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     plan: &ContainerPlan,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
     let owner = plan.owner.as_str();
@@ -199,7 +192,7 @@ pub fn claim_for_shim(
 
 /// Reads `<bundle>/config.json`: the bundle must exist, the file must not
 /// be a symlink, and at most 4 MiB is read.
-pub fn read_bundle_config(bundle: &Path) -> Result<Value, FlowError> {
+pub fn read_bundle_config(bundle: &Path) -> Result<Spec, FlowError> {
     if !bundle.is_dir() {
         return Err(FlowError::Refused {
             path: bundle.to_owned(),
@@ -226,12 +219,10 @@ pub fn read_bundle_config(bundle: &Path) -> Result<Value, FlowError> {
 
 /// Replaces `<bundle>/config.json` atomically (temp file, fsync, rename,
 /// fsync of the bundle), keeping the file's mode.
-pub fn write_bundle_config(bundle: &Path, spec: &Value) -> Result<(), FlowError> {
+pub fn write_bundle_config(bundle: &Path, spec: &Spec) -> Result<(), FlowError> {
     let path = bundle.join("config.json");
     let mode = fs::symlink_metadata(&path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    let mut data = serde_json::to_vec(spec).map_err(|e| FlowError::Other(chain(&e)))?;
-    data.push(b'\n');
-    atomic::write(&path, &data, mode, Place::Replace).map_err(FlowError::Io)
+    atomic::write(&path, spec.text().as_bytes(), mode, Place::Replace).map_err(FlowError::Io)
 }
