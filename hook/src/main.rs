@@ -124,7 +124,8 @@ fn run(cli: Cli) -> Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd {
         Cmd::Hook { mode } => {
-            let logger = log::from_env(Some(&cfg.state_dir.join("kata-sriov.log")), "hook");
+            // The default log file only in a state dir that passed its checks.
+            let logger = log::from_env(ledger::log_path(&cfg.state_dir).as_deref(), "hook");
             match mode {
                 HookMode::Precreate => precreate(&cfg, &logger),
                 HookMode::CreateRuntime => create_runtime(&cfg, &logger),

@@ -4,8 +4,8 @@
 //! written atomically). Files touched: `<bundle>/config.json` and a temp
 //! file beside it.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
@@ -200,20 +200,21 @@ pub fn read_bundle_config(bundle: &Path) -> Result<Spec, FlowError> {
         });
     }
     let path = bundle.join("config.json");
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                FlowError::Refused {
-                    path: path.clone(),
-                    reason: "is a symlink; refusing to follow it".into(),
-                }
-            } else {
-                FlowError::from(IoError::at("opening", &path)(e))
+    let f = crate::file::read_regular(&path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            FlowError::Refused {
+                path: path.clone(),
+                reason: "is a symlink; refusing to follow it".into(),
             }
-        })?;
+        } else if e.kind() == std::io::ErrorKind::InvalidData {
+            FlowError::Refused {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        } else {
+            FlowError::from(IoError::at("opening", &path)(e))
+        }
+    })?;
     Ok(spec::read_spec(f)?)
 }
 

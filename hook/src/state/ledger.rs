@@ -22,6 +22,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::IoError;
+use crate::file;
 use crate::guestnet::L3Config;
 use crate::kernel::netlink::{VfSetting, VfSettings};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
@@ -196,11 +197,11 @@ fn mkdir_private(path: &Path) -> Result<(), LedgerError> {
     }
 }
 
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+/// Where a hook's log goes by default: `<state_dir>/kata-sriov.log`, once
+/// the state dir has passed [`Ledger::open`]'s checks (a symlinked or
+/// foreign state dir gets no log file created in it); None otherwise.
+pub fn log_path(dir: &Path) -> Option<PathBuf> {
+    Ledger::open(dir).ok().map(|l| l.dir.join("kata-sriov.log"))
 }
 
 impl Ledger {
@@ -228,14 +229,15 @@ impl Ledger {
     }
 
     fn lock_file(&self, path: &Path, wait: Duration) -> Result<Option<LockGuard>, LedgerError> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(IoError::at("opening lock", path))?;
+        let f = file::open_regular(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600),
+            path,
+        )
+        .map_err(IoError::at("opening lock", path))?;
         let deadline = Instant::now() + wait;
         let mut f = f;
         let mut pause = Duration::from_millis(1);
@@ -332,15 +334,12 @@ impl Ledger {
     }
 
     fn parse_file(path: &Path) -> Result<Option<Lease>, String> {
-        let f = match open_nofollow(path) {
+        let f = match file::read_regular(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
         let md = f.metadata().map_err(|e| e.to_string())?;
-        if !md.is_file() {
-            return Err("not a regular file".into());
-        }
         if md.len() > MAX_LEASE {
             return Err(format!("{} bytes is too large for a lease", md.len()));
         }
