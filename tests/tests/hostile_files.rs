@@ -15,17 +15,10 @@ use std::time::Duration;
 use nix::sys::stat::Mode;
 use serde_json::{json, Value};
 
-use kata_sriov_tests::{output_within, workspace_bin, FakeHost};
+use kata_sriov_tests::{output_within, vfio_host, workspace_bin, FakeHost};
 
 fn host(vfs: u32) -> FakeHost {
-    let bin = workspace_bin("kata-sriov");
-    FakeHost::new(
-        vfs,
-        "vfio-pci",
-        &format!(
-            "[hook]\nbinary = {bin:?}\n[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nmac = \"keep\"\n"
-        ),
-    )
+    vfio_host(vfs, "")
 }
 
 /// Runs the binary with `stdin` from a file, failing the test after 20 s

@@ -15,17 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use kata_sriov::testing::json_strs;
-use kata_sriov_tests::{output_with_stdin, output_within, workspace_bin, FakeHost};
+use kata_sriov_tests::{output_with_stdin, output_within, vfio_host, workspace_bin, FakeHost};
 
 fn host(vfs: u32, hook: &str) -> FakeHost {
-    let bin = workspace_bin("kata-sriov");
-    FakeHost::new(
-        vfs,
-        "vfio-pci",
-        &format!(
-            "[hook]\nbinary = {bin:?}\n{hook}\n[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nmac = \"keep\"\n"
-        ),
-    )
+    vfio_host(vfs, hook)
 }
 
 fn ks_cmd(host: &FakeHost, args: &[&str]) -> Command {
