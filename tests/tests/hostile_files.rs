@@ -3,7 +3,8 @@
 //! where it should not. A FIFO as a lease file quarantines its VF in
 //! `status` and `gc` and is skipped by precreate (each finishes at once); a
 //! FIFO `config.json` is refused by create-runtime; a state dir that is a
-//! symlink gets no log file created in its target.
+//! symlink gets no log file created in its target; `status` marks a VF
+//! that shares its IOMMU group as unclaimable.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -134,4 +135,38 @@ fn a_symlinked_state_dir_gets_no_log() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("is a symlink"), "{err}");
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+}
+
+/// Issue 19: `status` does not call a VF that can never be claimed `free`:
+/// one sharing its IOMMU group with another device is marked unclaimable,
+/// with the group-mate named; the other VF stays `free`.
+#[test]
+fn status_marks_a_vf_sharing_its_iommu_group() {
+    use kata_sriov::testing::FakeDevice;
+    let host = host(2);
+    let vf0 = host.vf(0);
+    let g = host.group_of(vf0);
+    host.fake
+        .add_device(FakeDevice::endpoint("0000:5e:00.0").in_group(g));
+    let o = ks(&host, &["status"], b"");
+    assert!(o.status.success(), "{o:?}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().find(|l| l.contains(&vf0.to_string())).unwrap();
+    assert!(
+        line.contains("unclaimable: pool fast:") && line.contains("0000:5e:00.0 (i40e)"),
+        "{line}"
+    );
+    assert!(!line.ends_with(" free"), "{line}");
+    let other = text
+        .lines()
+        .find(|l| l.contains(&host.vf(1).to_string()))
+        .unwrap();
+    assert!(other.ends_with(" free"), "{other}");
+    let o = ks(&host, &["status", "--json"], b"");
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(st["pfs"][0]["vfs"][0]["unclaimable"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("shares IOMMU group {g}")));
+    assert!(st["pfs"][0]["vfs"][1].get("unclaimable").is_none());
 }
