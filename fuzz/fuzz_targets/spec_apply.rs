@@ -39,6 +39,7 @@ fn edits() -> Vec<SpecEdit> {
                 Path::new("/usr/local/bin/kata-sriov"),
                 None,
             )),
+            create_runtime: None,
         },
         SpecEdit {
             owner: "precreate-fuzz".to_owned(),
@@ -56,6 +57,7 @@ fn edits() -> Vec<SpecEdit> {
                 Path::new("/opt/kata-sriov"),
                 Some(Path::new("/etc/kata-sriov/config.toml")),
             )),
+            create_runtime: None,
         },
     ]
 }

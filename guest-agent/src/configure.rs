@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kata_sriov_guest::{GuestNetwork, IfConf, IfName, IfconfError};
+use kata_sriov_guest::{Change, GuestNetwork, IfConf, IfName, IfconfError, Link};
 
 use crate::log::Log;
 use crate::nics::{self, describe, pci_info, MatchError, Nic, Pick};
@@ -198,6 +198,7 @@ pub fn configure(
     }
 
     let mut out = Vec::new();
+    let mut done: Vec<(&IfConf, u32, Link, Vec<Change>)> = Vec::new();
     for (e, (n, pick, nic)) in chosen.into_iter().enumerate() {
         let entry = describe(e, n);
         let mut changes = Vec::new();
@@ -226,11 +227,23 @@ pub fn configure(
             (Some(t), Pick::Target(_)) => (&t.conf, nic.link.clone()),
             (None, _) => (&local, nic.link.clone()),
         };
-        changes.extend(
-            conf.apply_l3(&link, &n.l3, n.mac)?
-                .iter()
-                .map(ToString::to_string),
-        );
+        let before = conf.link(link.index)?.unwrap_or_else(|| link.clone());
+        let applied = match conf.apply_l3(&link, &n.l3, n.mac) {
+            Ok(a) => a,
+            Err(e) => {
+                // All or nothing across entries too: the NICs configured
+                // before this one go back as they were (a NIC moved into
+                // the target namespace stays there).
+                for (c, index, before, applied) in done.iter().rev() {
+                    if let Err(u) = IfConf::undo(c, *index, before, applied) {
+                        log.info(&format!("undoing link index {index}: {u}"));
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        changes.extend(applied.iter().map(ToString::to_string));
+        done.push((conf, link.index, before, applied));
         let name =
             n.l3.name
                 .as_ref()

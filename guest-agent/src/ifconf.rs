@@ -114,6 +114,11 @@ pub enum IfconfError {
         what: &'static str,
         cause: std::io::Error,
     },
+    #[error("{first}; undoing the changes made before it failed too: {undo}")]
+    UndoFailed {
+        first: Box<IfconfError>,
+        undo: Box<IfconfError>,
+    },
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(RtnlError) -> IfconfError {
@@ -391,22 +396,7 @@ impl IfConf {
                 })
             };
         }
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(cidr.addr);
-        msg.header.prefix_len = cidr.prefix;
-        msg.header.index = index;
-        msg.header.scope = AddressScope::Universe;
-        msg.attributes.push(AddressAttribute::Local(cidr.addr));
-        msg.attributes.push(AddressAttribute::Address(cidr.addr));
-        if let IpAddr::V4(a) = cidr.addr {
-            if cidr.prefix < 31 {
-                let host = u32::MAX.checked_shr(u32::from(cidr.prefix)).unwrap_or(0);
-                msg.attributes
-                    .push(AddressAttribute::Broadcast(Ipv4Addr::from(
-                        u32::from(a) | host,
-                    )));
-            }
-        }
+        let msg = address_msg(index, cidr);
         match self.rtnl.request(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -465,28 +455,7 @@ impl IfConf {
             priority: None,
         };
         let v6 = route.dst.addr.is_ipv6();
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family(route.dst.addr);
-        msg.header.destination_prefix_length = route.dst.prefix;
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Static;
-        msg.header.scope = if route.via.is_some() {
-            RouteScope::Universe
-        } else {
-            RouteScope::Link
-        };
-        msg.header.kind = RouteType::Unicast;
-        if route.dst.prefix > 0 {
-            msg.attributes
-                .push(RouteAttribute::Destination(RouteAddress::from(
-                    route.dst.network(),
-                )));
-        }
-        if let Some(via) = route.via {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::from(via)));
-        }
-        msg.attributes.push(RouteAttribute::Oif(index));
+        let msg = route_msg(index, route);
         let shown = wanted.to_string();
         match self.rtnl.request(
             RouteNetlinkMessage::NewRoute(msg),
@@ -520,21 +489,7 @@ impl IfConf {
     /// Adds the default route (`0.0.0.0/0` or `::/0`) via `gateway`
     /// through link `index`; idempotent as [`IfConf::add_route`].
     pub fn add_default_route(&self, index: u32, gateway: IpAddr) -> Result<Added, IfconfError> {
-        let dst = IpCidr {
-            addr: if gateway.is_ipv4() {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-            },
-            prefix: 0,
-        };
-        self.add_route(
-            index,
-            &Route {
-                dst,
-                via: Some(gateway),
-            },
-        )
+        self.add_route(index, &default_route(gateway))
     }
 
     /// Brings `link` to the L3 settings `l3` and the MAC `mac`, in this
@@ -545,8 +500,10 @@ impl IfConf {
     /// so a second call changes nothing and returns no changes. An address or
     /// route that is there differently is an error
     /// ([`IfConf::add_address`], [`IfConf::add_route`]); nothing is replaced.
-    /// Returns what it changed, in order. The one apply sequence of the guest
-    /// helper and of the host's netdev mode.
+    /// Returns what it changed, in order. All or nothing: when a step fails
+    /// (a route the kernel refuses, say), the changes made before it are
+    /// undone ([`IfConf::undo`]) and the step's error returned. The one
+    /// apply sequence of the guest helper and of the host's netdev mode.
     pub fn apply_l3(
         &self,
         link: &Link,
@@ -555,9 +512,30 @@ impl IfConf {
     ) -> Result<Vec<Change>, IfconfError> {
         let index = link.index;
         let now = self.link(index)?.unwrap_or_else(|| link.clone());
+        let mut changes = Vec::new();
+        match self.apply_steps(index, &now, l3, mac, &mut changes) {
+            Ok(()) => Ok(changes),
+            // All or nothing: what was changed before the failure is undone.
+            Err(first) => match self.undo(index, &now, &changes) {
+                Ok(()) => Err(first),
+                Err(undo) => Err(IfconfError::UndoFailed {
+                    first: Box::new(first),
+                    undo: Box::new(undo),
+                }),
+            },
+        }
+    }
+
+    fn apply_steps(
+        &self,
+        index: u32,
+        now: &Link,
+        l3: &L3Config,
+        mac: Option<MacAddr>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), IfconfError> {
         let rename = l3.name.as_ref().filter(|want| want.as_str() != now.name);
         let remac = mac.filter(|m| now.mac != Some(*m));
-        let mut changes = Vec::new();
         let mut up = now.up;
         if up && (rename.is_some() || remac.is_some()) {
             self.set_up(index, false)?;
@@ -598,8 +576,116 @@ impl IfConf {
                 changes.push(Change::DefaultRoute(gw));
             }
         }
-        Ok(changes)
+        Ok(())
     }
+
+    /// Undoes `changes` (made by [`IfConf::apply_l3`] on a link that was
+    /// `before`), last first: routes and addresses removed, MTU, MAC, name
+    /// and link state restored. Every step is tried; the first error is
+    /// returned.
+    pub fn undo(&self, index: u32, before: &Link, changes: &[Change]) -> Result<(), IfconfError> {
+        let mut first = None;
+        for c in changes.iter().rev() {
+            let r = match c {
+                Change::DefaultRoute(gw) => self.del_route(index, &default_route(*gw)),
+                Change::Route(r) => self.del_route(index, r),
+                Change::Up => self.set_up(index, false),
+                Change::Address(ip) => self.del_address(index, *ip),
+                Change::Mtu(_) => self.set_mtu(index, before.mtu),
+                Change::Mac(_) => match before.mac {
+                    Some(m) => self.set_mac(index, m),
+                    None => Ok(()),
+                },
+                Change::Renamed { from, .. } => match from.parse() {
+                    Ok(name) => self.set_name(index, &name),
+                    Err(_) => Ok(()),
+                },
+                Change::Down => self.set_up(index, true),
+            };
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Removes address `cidr` from link `index`.
+    pub fn del_address(&self, index: u32, cidr: IpCidr) -> Result<(), IfconfError> {
+        self.rtnl
+            .request(RouteNetlinkMessage::DelAddress(address_msg(index, cidr)), 0)
+            .map(drop)
+            .map_err(nl(format!("removing {cidr} from link index {index}")))
+    }
+
+    /// Removes the route `route` through link `index`.
+    pub fn del_route(&self, index: u32, route: &Route) -> Result<(), IfconfError> {
+        self.rtnl
+            .request(RouteNetlinkMessage::DelRoute(route_msg(index, route)), 0)
+            .map(drop)
+            .map_err(nl(format!("removing route to {}", route.dst)))
+    }
+}
+
+/// The default route via `gateway`.
+fn default_route(gateway: IpAddr) -> Route {
+    let dst = IpCidr {
+        addr: if gateway.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        },
+        prefix: 0,
+    };
+    Route {
+        dst,
+        via: Some(gateway),
+    }
+}
+
+fn address_msg(index: u32, cidr: IpCidr) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(cidr.addr);
+    msg.header.prefix_len = cidr.prefix;
+    msg.header.index = index;
+    msg.header.scope = AddressScope::Universe;
+    msg.attributes.push(AddressAttribute::Local(cidr.addr));
+    msg.attributes.push(AddressAttribute::Address(cidr.addr));
+    if let IpAddr::V4(a) = cidr.addr {
+        if cidr.prefix < 31 {
+            let host = u32::MAX.checked_shr(u32::from(cidr.prefix)).unwrap_or(0);
+            msg.attributes
+                .push(AddressAttribute::Broadcast(Ipv4Addr::from(
+                    u32::from(a) | host,
+                )));
+        }
+    }
+    msg
+}
+
+fn route_msg(index: u32, route: &Route) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(route.dst.addr);
+    msg.header.destination_prefix_length = route.dst.prefix;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.scope = if route.via.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    msg.header.kind = RouteType::Unicast;
+    if route.dst.prefix > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                route.dst.network(),
+            )));
+    }
+    if let Some(via) = route.via {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(via)));
+    }
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg
 }
 
 fn family(ip: IpAddr) -> AddressFamily {
@@ -925,6 +1011,39 @@ mod tests {
         assert!(listed.iter().any(|e| e.dst == cidr("0.0.0.0/0")
             && e.gateway == Some("10.40.0.1".parse().unwrap())
             && e.oif == Some(idx)));
+    }
+
+    /// Issue 19, attack 8: a route the kernel refuses (its gateway is on no
+    /// connected network) after the rename, MAC, MTU and address were set:
+    /// everything is undone, the link is as it was, and the error names the
+    /// route.
+    #[test]
+    fn apply_l3_is_all_or_nothing() {
+        let ns = Ns::new("undo");
+        let idx = ns.veth("v1", "02:12:00:00:00:01");
+        ns.ip(&["link", "set", "v1", "up"]);
+        let c = ns.conf();
+        let before = c.link(idx).unwrap().unwrap();
+        let l3: L3Config = serde_json::from_str(
+            r#"{"name":"net1","ips":["10.70.0.5/24","fd70::5/64"],"mtu":1400,
+                "routes":[{"dst":"10.71.0.0/16","via":"10.99.0.1"}]}"#,
+        )
+        .unwrap();
+        let mac: MacAddr = "02:12:00:00:00:02".parse().unwrap();
+        let err = c.apply_l3(&before, &l3, Some(mac)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("adding route 10.71.0.0/16 via 10.99.0.1"),
+            "{err}"
+        );
+        let j = &ns.json(&["link", "show", "dev", "v1"])[0];
+        assert_eq!(j["ifindex"], idx);
+        assert_eq!(j["address"], "02:12:00:00:00:01");
+        assert_eq!(j["mtu"], before.mtu);
+        assert!(j["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+        assert!(ns.addrs("v1").is_empty(), "{:?}", ns.addrs("v1"));
+        assert!(ns.routes("-4").is_empty(), "{:?}", ns.routes("-4"));
+        assert_eq!(c.link(idx).unwrap().unwrap(), before);
     }
 
     #[test]

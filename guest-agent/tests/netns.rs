@@ -647,3 +647,50 @@ fn existing_default_route_elsewhere_is_not_replaced() {
     // The VM's own default route is untouched.
     assert_eq!(routes_of(&ns, "-4", "eth0")[0], "default via 10.88.0.1");
 }
+
+/// Issue 19, attack 8: all or nothing across entries. The second entry's
+/// route conflicts with one already in the namespace (nothing validation
+/// could know), after the first NIC was renamed, addressed and brought up:
+/// the helper exits 1 naming the route, and the namespace is as it was.
+#[test]
+fn a_late_failure_undoes_every_entry() {
+    let ns = Netns::new("undo");
+    ns.veth("vf0", "02:5a:00:00:00:01");
+    ns.veth("vf1", "02:5a:00:00:00:02");
+    ns.veth("other", "02:5a:00:00:00:99");
+    ns.ip(&["addr", "add", "10.9.0.2/24", "dev", "other"]);
+    ns.ip(&["link", "set", "other", "up"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.77.0.0/16",
+        "via",
+        "10.9.0.1",
+        "dev",
+        "other",
+    ]);
+    // The helper's side only: a veth's peer gets an IPv6 link-local address
+    // of its own once the NIC was up for a moment.
+    let ours = |v: Value| -> Value {
+        let mut v = v;
+        v["links"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.ends_with('p'));
+        v["routes"].as_array_mut().unwrap().retain(|r| {
+            !["vf0p", "vf1p", "otherp"]
+                .iter()
+                .any(|p| r.as_str().unwrap().contains(p))
+        });
+        v
+    };
+    let before = ours(ns.snapshot());
+    let cfg = r#"[{"mac":"02:5a:00:00:00:01","pci_id":"8086:10ca","name":"net1",
+        "ips":["10.60.0.5/24"],"mtu":1400},
+      {"mac":"02:5a:00:00:00:02","pci_id":"8086:10ca","name":"net2",
+        "ips":["10.61.0.5/24"],"routes":[{"dst":"10.77.0.0/16","via":"10.61.0.1"}]}]"#;
+    let o = ns.helper(&["--no-kmsg", "--config", "-"], Some(cfg));
+    let line = assert_refused(&o);
+    assert!(line.contains("route 10.77.0.0/16"), "{line}");
+    assert_eq!(ours(ns.snapshot()), before);
+}

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod engine;
 pub mod error;
+pub mod file;
 pub mod guestnet;
 pub mod ifconf;
 pub mod integrations;

@@ -26,16 +26,19 @@ pub fn stderr(component: &'static str) -> Logger {
     build(io::stderr(), component)
 }
 
-/// A logger appending to `path` (0600, created when missing); stderr when
-/// the file cannot be opened.
+/// Opens `path` to append log lines: 0600, created when missing, a
+/// regular file only (not a symlink, never a FIFO that would block).
+pub fn open(path: &Path) -> io::Result<std::fs::File> {
+    crate::file::open_regular(
+        OpenOptions::new().append(true).create(true).mode(0o600),
+        path,
+    )
+}
+
+/// A logger appending to `path` (see [`open`]); stderr when the file
+/// cannot be opened.
 pub fn file(path: &Path, component: &'static str) -> Logger {
-    match OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
+    match open(path) {
         Ok(f) => build(f, component),
         Err(_) => stderr(component),
     }

@@ -24,7 +24,7 @@ use kata_sriov::oci::plan::ContainerPlan;
 use kata_sriov::oci::{spec, state};
 use kata_sriov::policy::config::Config;
 use kata_sriov::policy::owner;
-use kata_sriov::state::ledger::{Ledger, OwnerCheck};
+use kata_sriov::state::ledger::{self, Ledger, OwnerCheck};
 
 #[derive(Parser)]
 #[command(
@@ -144,7 +144,8 @@ fn run(cli: Cli) -> Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd {
         Cmd::Hook { mode } => {
-            let logger = log::from_env(Some(&cfg.state_dir.join("kata-sriov.log")), "hook");
+            // The default log file only in a state dir that passed its checks.
+            let logger = log::from_env(ledger::log_path(&cfg.state_dir).as_deref(), "hook");
             match mode {
                 HookMode::Precreate => precreate(&cfg, &logger),
                 HookMode::CreateRuntime => create_runtime(&cfg, &logger),
@@ -243,16 +244,28 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
         .take(MAX_INPUT_BYTES as u64 + 1)
         .read_to_end(&mut input)
         .context("reading config.json from stdin")?;
-    let mut spec = spec::parse_spec(&input)?;
+    let mut spec = spec::parse_spec_owned(input)?;
     let mut plan = ContainerPlan::for_hook(cfg, &spec)?;
+    // The result goes to stdout: one that cannot be delivered is no claim.
+    let mut out = Stdout::open().context("stdout (where the edited config goes)")?;
     if !plan.asks() {
-        std::io::stdout().write_all(&input)?;
-        return Ok(());
+        // The text as it came in, byte for byte.
+        return out
+            .deliver(spec.text().as_bytes())
+            .context("writing the config to stdout");
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
     let owner = owner::generate("precreate")?;
-    plan.owned_by(owner.clone(), OwnerCheck::None);
+    // With the injected hooks, the container's createRuntime hook confirms
+    // the claim; until then it lives only as long as its caller (and its
+    // deadline). Without them nothing ever learns of the container.
+    let check = match cfg.hook.precreate_poststop() {
+        true => ledger::precreate_caller(ledger::now_secs() + u64::from(cfg.hook.confirm_within))
+            .context("reading the start time of the process that ran the hook")?,
+        false => OwnerCheck::None,
+    };
+    plan.owned_by(owner.clone(), check);
     let claimed = flow::claim_into_spec(&engine, &mut spec, &plan)?;
     let vfs: Vec<String> = claimed
         .iter()
@@ -260,13 +273,41 @@ fn precreate(cfg: &Config, logger: &Logger) -> Result<()> {
         .map(|c| format!("{} ({})", c.vf, c.pool))
         .collect();
     info!(logger, "precreate claimed"; "owner" => &owner, "vfs" => vfs.join(", "));
-    let mut out = serde_json::to_vec(&spec)?;
-    out.push(b'\n');
-    if let Err(e) = std::io::stdout().write_all(&out) {
-        let _ = engine.release(&owner);
-        return Err(e).context("writing the edited config to stdout");
+    if let Err(e) = out.deliver(spec.text().as_bytes()) {
+        let rollback = engine.release(&owner);
+        info!(logger, "precreate rolled back"; "owner" => &owner, "released" => rollback.is_ok());
+        return Err(e).context("writing the edited config to stdout (the claim is rolled back)");
     }
     Ok(())
+}
+
+/// fd 1, written without the standard library's stdout (which treats a
+/// closed fd 1 as a sink that accepts everything).
+struct Stdout(std::mem::ManuallyDrop<std::fs::File>);
+
+impl Stdout {
+    fn open() -> std::io::Result<Stdout> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = std::io::stdout().as_raw_fd();
+        let st = nix::sys::stat::fstat(fd).map_err(std::io::Error::from)?;
+        // The standard library's start-up puts /dev/null on a closed fd 1:
+        // nothing written there reaches anyone.
+        let null = nix::sys::stat::makedev(1, 3);
+        if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == null {
+            return Err(std::io::Error::other(
+                "is closed or /dev/null: the edited config would reach no runtime",
+            ));
+        }
+        // SAFETY: fd 1 is open (checked above) and stays open for the life
+        // of the process; ManuallyDrop never closes it.
+        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+        Ok(Stdout(std::mem::ManuallyDrop::new(f)))
+    }
+
+    fn deliver(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(data)?;
+        self.0.flush()
+    }
 }
 
 fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
@@ -276,11 +317,23 @@ fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
     };
     let config = flow::read_bundle_config(bundle)?;
     let plan = ContainerPlan::from_spec(cfg, &config)?;
-    if !plan.netdev {
+    let precreated = owner::from_state(&state.annotations, &state.id)
+        .ok()
+        .filter(|o| owner::is_generated(o));
+    if !plan.netdev && precreated.is_none() {
         return Ok(());
     }
     let h = host(cfg)?;
     let engine = Engine::new(cfg, &h.nl, &h.binder)?;
+    if let Some(owner) = &precreated {
+        // The spec from `hook precreate` reached a runtime: tie its claim
+        // to this container's bundle (gc reclaims it otherwise).
+        let bound = engine.confirm(owner, bundle)?;
+        info!(logger, "create-runtime confirmed"; "owner" => owner, "vfs" => bound);
+    }
+    if !plan.netdev {
+        return Ok(());
+    }
     let done = kata_sriov::integrations::netdev::create_runtime_planned(&engine, &state, &plan)?;
     for a in &done {
         info!(logger, "create-runtime moved";

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use kata_sriov::engine::claim::Engine;
 use kata_sriov::integrations::flow::{self, FlowError};
+use kata_sriov::oci::spec::Spec;
 use kata_sriov::policy::config::Config;
 use kata_sriov::state::ledger::OwnerCheck;
 use kata_sriov::testing::{FakeBinder, FakeSysfs, FileNetlink};
@@ -34,9 +35,12 @@ fn shim_claim(
     check: OwnerCheck,
     shim_id: &str,
 ) -> Result<Option<Vec<kata_sriov::engine::claim::ClaimedVf>>, flow::FlowError> {
-    let mut plan = kata_sriov::oci::plan::ContainerPlan::for_shim(e.cfg, spec, shim_id)?;
+    let mut s = Spec::from_value(spec)?;
+    let mut plan = kata_sriov::oci::plan::ContainerPlan::for_shim(e.cfg, &s, shim_id)?;
     plan.owned_by(owner.to_owned(), check);
-    flow::claim_for_shim(e, spec, &plan)
+    let claimed = flow::claim_for_shim(e, &mut s, &plan)?;
+    *spec = serde_json::from_str(s.text()).unwrap();
+    Ok(claimed)
 }
 
 fn host() -> Host {

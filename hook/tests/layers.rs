@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("ifconf", 0),
     ("rtnl", 0),
     ("error", 0),
+    ("file", 0),
     ("json", 0),
     ("log", 0),
     ("kernel", 1),

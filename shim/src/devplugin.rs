@@ -26,12 +26,10 @@ use slog::{error, info, Logger};
 
 use crate::delegate::{self, DelegateError};
 use kata_sriov::engine::claim::{ClaimError, Engine};
-use kata_sriov::guestnet::{
-    validate_guest_networks, GuestNetError, GuestNetwork, GUEST_ANNOTATION,
-};
+use kata_sriov::guestnet::{validate_guest_networks, GuestNetError, GuestNetwork};
+use kata_sriov::oci::spec::{Spec, SpecError};
 use kata_sriov::policy::request::NetworkRequest;
 use kata_sriov::state::ledger::Lease;
-use serde_json::Value;
 
 /// The CRI annotations naming the pod of a sandbox.
 pub const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
@@ -64,8 +62,12 @@ pub enum DevicePluginError {
         #[source]
         source: GuestNetError,
     },
-    #[error("the sandbox spec's annotations are not a JSON object")]
-    Annotations,
+    #[error("pod {pod}: writing the guest annotation")]
+    Spec {
+        pod: String,
+        #[source]
+        source: SpecError,
+    },
     #[error(transparent)]
     Flow(#[from] FlowError),
 }
@@ -76,7 +78,7 @@ pub enum DevicePluginError {
 /// back). Ok(None): not such a pod, nothing done.
 pub fn start(
     engine: &Engine<'_>,
-    spec: &Value,
+    spec: &Spec,
     requests: &[NetworkRequest],
     bundle: &Path,
     delegate_path: &Path,
@@ -106,8 +108,8 @@ pub fn start(
 
 /// The pod (`namespace/name`) a CRI sandbox spec names; None when it is
 /// not one.
-pub fn pod_of(spec: &Value) -> Option<String> {
-    let a = spec.get("annotations")?.as_object()?;
+pub fn pod_of(spec: &Spec) -> Option<String> {
+    let a = spec.annotations();
     let ns = a.get(CRI_SANDBOX_NAMESPACE)?.as_str()?;
     let name = a.get(CRI_SANDBOX_NAME)?.as_str()?;
     (!ns.is_empty() && !name.is_empty()).then(|| format!("{ns}/{name}"))
@@ -202,26 +204,15 @@ pub fn guest_networks(
 /// `spec` with the guest annotation set to `nets` (of `pod`), and nothing
 /// else changed.
 pub fn with_guest_annotation(
-    spec: &Value,
+    spec: &Spec,
     pod: &str,
     nets: &[GuestNetwork],
-) -> Result<Value, DevicePluginError> {
-    let text = serde_json::to_string(nets).map_err(|e| DevicePluginError::Guest {
-        pod: pod.to_owned(),
-        source: e.into(),
-    })?;
-    let mut out = spec.clone();
-    let Some(root) = out.as_object_mut() else {
-        return Err(DevicePluginError::Annotations);
-    };
-    let ann = root
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Default::default()));
-    let Some(ann) = ann.as_object_mut() else {
-        return Err(DevicePluginError::Annotations);
-    };
-    ann.insert(GUEST_ANNOTATION.into(), Value::String(text));
-    Ok(out)
+) -> Result<Spec, DevicePluginError> {
+    spec.set_guest(nets)
+        .map_err(|source| DevicePluginError::Spec {
+            pod: pod.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -231,7 +222,8 @@ mod tests {
     use kata_sriov::policy::request::parse_request;
     use kata_sriov::state::ledger::{LeaseState, Ledger};
     use kata_sriov::testing::{sample_lease, FakeBinder, FakeSysfs, RecordingNetlink};
-    use serde_json::json;
+    use kata_sriov::guestnet::GUEST_ANNOTATION;
+    use serde_json::{json, Value};
 
     fn lease(vf: &str, pool: &str, mac: &str, pod: Option<&str>) -> Lease {
         let mut l = sample_lease(vf, &format!("k8s-dp/{pool}/{vf}"));
@@ -286,19 +278,23 @@ mod tests {
 
     #[test]
     fn only_the_guest_annotation_changes() {
-        let spec = json!({"ociVersion":"1.2.0","annotations":{
+        let v = json!({"ociVersion":"1.2.0","annotations":{
             "io.kubernetes.cri.sandbox-namespace":"ns","io.kubernetes.cri.sandbox-name":"p",
             "x":"y"},"linux":{"devices":[]},"unknown":{"a":1}});
+        let spec = Spec::from_value(&v).unwrap();
         assert_eq!(pod_of(&spec).as_deref(), Some("ns/p"));
-        assert_eq!(pod_of(&json!({"annotations":{}})), None);
+        let none = Spec::from_value(&json!({"annotations":{}})).unwrap();
+        assert_eq!(pod_of(&none), None);
         let leases = [lease("0000:3b:10.1", "fast", "02:00:00:00:00:01", None)];
         let nets = guest_networks("ns/p", &[], &leases).unwrap();
         let out = with_guest_annotation(&spec, "ns/p", &nets).unwrap();
-        let mut want = spec.clone();
+        let out: Value = serde_json::from_str(out.text()).unwrap();
+        let mut want = v.clone();
         want["annotations"][GUEST_ANNOTATION] =
             json!(r#"[{"mac":"02:00:00:00:00:01","pci_id":"8086:154c"}]"#);
         assert_eq!(out, want);
-        assert!(with_guest_annotation(&json!({"annotations":[]}), "ns/p", &nets).is_err());
+        // Annotations that are not an object never make a Spec.
+        assert!(Spec::from_value(&json!({"annotations":[]})).is_err());
     }
 
     #[test]

@@ -20,9 +20,7 @@ mod response;
 
 use std::convert::Infallible;
 use std::ffi::{OsStr, OsString};
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -83,24 +81,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The log: `$KATA_SRIOV_LOG`, else `<state_dir>/kata-sriov.log`; nowhere
-/// when it cannot be opened (never stderr, which `start` must keep clean).
+/// The log: `$KATA_SRIOV_LOG`, else `<state_dir>/kata-sriov.log` once the
+/// state dir has passed its checks; nowhere when it cannot be opened (never
+/// stderr, which `start` must keep clean).
 fn open_log(cfg: &Config) -> Logger {
     let path = match std::env::var_os(log::ENV_LOG) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => cfg.state_dir.join("kata-sriov.log"),
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => kata_sriov::state::ledger::log_path(&cfg.state_dir),
     };
-    let writable = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .is_ok();
-    if writable {
-        log::file(&path, "shim")
-    } else {
-        log::discard()
+    match path.filter(|p| log::open(p).is_ok()) {
+        Some(p) => log::file(&p, "shim"),
+        None => log::discard(),
     }
 }
 
@@ -225,7 +216,7 @@ fn start_unclaimed(
     path: &std::path::Path,
     rest: &[OsString],
     bundle: &std::path::Path,
-    mut spec: serde_json::Value,
+    mut spec: kata_sriov::oci::spec::Spec,
     id: &str,
 ) -> Result<Infallible> {
     let log = open_log(cfg);

@@ -5,7 +5,7 @@
 //! `<namespace>/<id>`), never these (owner: the claim's UID).
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use kata_sriov::oci::spec::Spec;
 use slog::{info, Logger};
 
 use kata_sriov::engine::claim::{ClaimedVf, Engine};
@@ -15,7 +15,7 @@ use kata_sriov::integrations::coldplug;
 /// this start claimed itself, already in the spec). Returns how many.
 pub fn add_prepared(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     own: &[ClaimedVf],
     log: &Logger,
 ) -> Result<usize> {

@@ -423,3 +423,19 @@ fn a_device_plugin_pod_asking_more_than_it_holds_fails_start_and_changes_nothing
     assert_eq!(fs::read(s.bundle.join("config.json")).unwrap(), before);
     assert_eq!(s.host.leases().len(), 1);
 }
+
+/// Issue 19, attack 7: a FIFO as `config.json` is refused at once (it used
+/// to hang `start` forever): no claim, no delegate, one clear error.
+#[test]
+fn start_refuses_a_fifo_config_at_once() {
+    let s = setup(1, serde_json::json!({REQUEST: POOL}), true);
+    let config = s.bundle.join("config.json");
+    fs::remove_file(&config).unwrap();
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let o = shim(&s, Path::new(SHIM), &start_args("sb-fifo"));
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("config.json") && err.contains("FIFO"), "{err}");
+    assert_eq!(s.host.lease_files(), 0);
+    assert!(!s.out.join("argv").exists(), "the delegate ran");
+}

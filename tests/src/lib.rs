@@ -122,6 +122,20 @@ impl FakeHost {
     }
 }
 
+/// A fake host whose `vfs` VFs are on vfio-pci, with one pool `fast` that
+/// keeps the MAC (no kernel interface needed), and `[hook]` naming the
+/// built `kata-sriov` plus `hook` (more `[hook]` keys).
+pub fn vfio_host(vfs: u32, hook: &str) -> FakeHost {
+    let bin = workspace_bin("kata-sriov");
+    FakeHost::new(
+        vfs,
+        "vfio-pci",
+        &format!(
+            "[hook]\nbinary = {bin:?}\n{hook}\n[[pools]]\nname = \"fast\"\npfs = [\"ens1f0\"]\nmac = \"keep\"\n"
+        ),
+    )
+}
+
 /// The kernel's half of PCI driver binding on a fake tree, for binaries
 /// that bind through sysfs as on a real host (`driver_override`, the old
 /// driver's `unbind`, `drivers_probe`): those files become FIFOs, and a

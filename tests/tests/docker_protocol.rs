@@ -312,3 +312,100 @@ fn bad_requests_get_a_json_err_and_the_plugin_keeps_serving() {
     assert!(p.alive());
     p.kill();
 }
+
+/// Issue 19, attack 6: a client trickling a header line every second is
+/// cut off at the request deadline (it used to be held open forever, one
+/// read timeout at a time), a second plugin refuses to take over the
+/// socket of a live one, and the network map never grows past what the
+/// plugin reads back (DeleteNetwork keeps working).
+#[test]
+fn deadlines_socket_ownership_and_a_bounded_network_map() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let host = VethHost::new(
+        "kb",
+        1,
+        "[[pools]]\nname = \"vf\"\npfs = [\"0000:3b:00.0\"]\n",
+    );
+    let mut p = plugin(&host);
+
+    // The trickler: one header line a second, never the end of the head.
+    let mut s = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
+    s.write_all(b"POST /Plugin.Activate HTTP/1.1\r\n").unwrap();
+    let t = Instant::now();
+    let mut cut = false;
+    while t.elapsed() < Duration::from_secs(25) {
+        std::thread::sleep(Duration::from_secs(1));
+        if s.write_all(b"X-Slow: 1\r\n").is_err() {
+            cut = true;
+            break;
+        }
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 512];
+        let got = s.read(&mut b);
+        s.set_nonblocking(false).unwrap();
+        if let Ok(n) = got {
+            assert!(
+                String::from_utf8_lossy(&b[..n]).contains("did not arrive within"),
+                "{:?}",
+                String::from_utf8_lossy(&b[..n])
+            );
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a trickling client was served for {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    ok(&p, "Plugin.Activate", json!({}));
+
+    // A second instance on the same socket: refused, the first serves on.
+    let o = std::process::Command::new(kata_sriov_tests::workspace_bin("kata-sriov"))
+        .arg("--config")
+        .arg(&host.config)
+        .args(["docker-plugin", "--socket"])
+        .arg(&p.socket)
+        .env_remove("KATA_SRIOV_LOG")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("another driver instance is listening"), "{e}");
+    ok(&p, "Plugin.Activate", json!({}));
+    assert!(p.alive());
+
+    // A network map just under the read cap: a new network is refused
+    // (the map could not be read back), deleting one still works.
+    let map = host.path().join("state/docker-networks.json");
+    let cap = 4 * kata_sriov::integrations::docker::MAX_BODY;
+    let mut text = String::from("{\"networks\":{");
+    let mut i = 0;
+    // Entries of 81 bytes up to the cap: a new one (with its gateway,
+    // over 81 bytes) does not fit.
+    while text.len() + 81 + 2 <= cap {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!("\"{i:064x}\":{{\"pool\":\"nd\"}}"));
+        i += 1;
+    }
+    text.push_str("}}");
+    std::fs::write(&map, text).unwrap();
+    err(
+        &p,
+        "NetworkDriver.CreateNetwork",
+        json!({
+            "NetworkID": NID,
+            "Options": { "com.docker.network.generic": { "pool": "nd" } },
+            "IPv4Data": [{ "AddressSpace": "LocalDefault", "Pool": "10.81.0.0/24", "Gateway": "10.81.0.1/24" }],
+            "IPv6Data": []
+        }),
+        "over its 4194304-byte limit",
+    );
+    ok(
+        &p,
+        "NetworkDriver.DeleteNetwork",
+        json!({ "NetworkID": format!("{:064x}", 0) }),
+    );
+    p.kill();
+}

@@ -1099,6 +1099,18 @@ fn podman_5_hooks_from_configure_podman_claim_in_precreate_and_give_the_vf_back(
     ));
     let spec = spec_with_node(&host, &lease, &bundle_spec);
     assert_eq!(spec["annotations"]["io.kata-sriov.owner"], owner.as_str());
+    // The createRuntime hook precreate injected tied the claim to the
+    // container's bundle: podman (the hook's caller) has exited, and gc
+    // keeps the VF of the running container.
+    let userdata = bundle_spec.parent().unwrap();
+    assert_eq!(
+        host.leases()[0]["owner_check"]["bundle"],
+        userdata.to_str().unwrap(),
+        "{}",
+        host.leases()[0]
+    );
+    let gc = kata_sriov(&host, &["gc"]);
+    assert!(gc.contains("0 released, 1 kept"), "{gc}");
 
     let t = Instant::now();
     p.ok(&["rm", "-f", "-t", "0", &id]);

@@ -556,3 +556,70 @@ fn cdi_claim_refuses_pools_it_cannot_describe() {
     );
     assert!(cdi_specs(&host).is_empty());
 }
+
+/// Issue 19, attack 4: precreate keeps every byte it does not own (numbers
+/// serde would rewrite, whitespace, a deep subtree, megabytes of it), and
+/// what it writes is read back by the binary's own create-runtime; an edit
+/// that would take the spec over the readers' limit is refused and changes
+/// nothing.
+#[test]
+fn precreate_keeps_unowned_bytes_and_its_output_reads_back() {
+    let host = host(1);
+    let deep = format!("{}{}", "[".repeat(60), "]".repeat(60));
+    let pad = "[],".repeat(1_300_000);
+    let head = format!(
+        "{{\n  \"ociVersion\" : \"1.2.0\",\n  \"x\": [-0, 1e2, 0.10, 123456789012345678901234567890, {deep}],\n  \"y\": [{pad}0],\n"
+    );
+    let input = format!("{head}  \"annotations\": {{\"io.kata-sriov.networks\": \"fast\"}}\n}}\n");
+    let o = ks(&host, &["hook", "precreate"], input.as_bytes());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.starts_with(&head), "the unowned members changed");
+    assert!(out.ends_with("}\n"));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let owner = v["annotations"]["io.kata-sriov.owner"].as_str().unwrap();
+    // The runtime gets the file; the injected createRuntime hook reads it.
+    let bundle = host.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), &out).unwrap();
+    let state = json!({"id": "c1", "pid": 1, "bundle": bundle,
+                       "annotations": {"io.kata-sriov.owner": owner}});
+    let o = ks(
+        &host,
+        &["hook", "create-runtime"],
+        &serde_json::to_vec(&state).unwrap(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        host.leases()[0]["owner_check"]["bundle"],
+        bundle.to_str().unwrap()
+    );
+    let o = ks(&host, &["release", owner], b"");
+    assert!(o.status.success(), "{o:?}");
+
+    // Near the limit, the edit would not fit: refused, nothing claimed.
+    let room = kata_sriov::json::MAX_INPUT_BYTES - input.len() - 16;
+    let full = input.replacen("\"y\": [", &format!("\"y\": [{}", "0,".repeat(room / 2)), 1);
+    let o = ks(&host, &["hook", "precreate"], full.as_bytes());
+    assert_rejected(&host, &o, "over the 4194304-byte limit");
+    // Too deep, a non-string annotation, annotations not an object.
+    let too_deep = format!("{{\"x\":{}{}}}", "[".repeat(65), "]".repeat(65));
+    let o = ks(&host, &["hook", "precreate"], too_deep.as_bytes());
+    assert_rejected(&host, &o, "nested deeper than 64");
+    let o = ks(
+        &host,
+        &["hook", "precreate"],
+        br#"{"annotations":{"io.kata-sriov.networks":"fast","x":{}}}"#,
+    );
+    assert_rejected(
+        &host,
+        &o,
+        r#"annotation "x" is an object, expected a string"#,
+    );
+    let o = ks(
+        &host,
+        &["hook", "precreate"],
+        br#"{"annotations":[["io.kata-sriov.networks","fast"]]}"#,
+    );
+    assert_rejected(&host, &o, "annotations is an array, expected an object");
+}

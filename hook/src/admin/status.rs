@@ -5,7 +5,7 @@
 //! The JSON form (`status --json`) is stable:
 //! `{"pfs":[{"pf","netdevs","total_vfs","num_vfs","driver","pools",
 //! "vfs":[{"index","vf","pci_id","driver","netdev","iommu_group",
-//! "settings"|null,"settings_error"?,"lease"|null}]}],
+//! "settings"|null,"settings_error"?,"lease"|null,"unclaimable"?}]}],
 //! "leases":[{"vf","owner","pool","state","mac","pf","vf_index","created","pod"?}],
 //! "quarantined":[{"vf","path","reason"}]}`.
 
@@ -16,10 +16,12 @@ use serde::Serialize;
 
 use crate::engine::claim::ClaimError;
 use crate::error::{chain, printable};
+use crate::kernel::iommu;
 use crate::kernel::netlink::{VfNetlink, VfSettings};
 use crate::kernel::sysfs::SysfsRoot;
+use crate::kernel::vfio::VFIO_PCI;
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
-use crate::policy::config::Config;
+use crate::policy::config::{Config, Mode};
 use crate::state::ledger::{Lease, LeaseState, Ledger};
 
 #[derive(Debug, Serialize)]
@@ -67,6 +69,10 @@ pub struct VfStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub lease: Option<LeaseSummary>,
+    /// Why no pool of its PF can claim this VF (shared IOMMU group, a
+    /// driver the pool cannot use), when that is so and it has no lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unclaimable: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +157,7 @@ pub fn gather(
                 settings_error: None,
                 error: None,
                 lease: None,
+                unclaimable: None,
             };
             match sysfs.vf_info(pf, index) {
                 Ok(v) => {
@@ -160,6 +167,10 @@ pub fn gather(
                     st.netdev = v.netdev;
                     st.iommu_group = v.iommu_group;
                     st.lease = leases.get(&v.addr).map(LeaseSummary::from);
+                    if st.lease.is_none() {
+                        let pools = pools_of.get(&pf).map(Vec::as_slice).unwrap_or_default();
+                        st.unclaimable = unclaimable(cfg, &sysfs, pools, v.addr, &st.driver);
+                    }
                 }
                 Err(e) => st.error = Some(chain(&e)),
             }
@@ -189,6 +200,37 @@ pub fn gather(
         quarantined,
         errors,
     })
+}
+
+/// Why none of `pools` (the pools of the VF's PF) can claim `vf`, or None
+/// when one can (or there is none: then it is no pool's VF). The checks
+/// of the claim that need no lease: alone in its IOMMU group for `vfio`
+/// pools, on a netdev driver for `netdev` pools.
+fn unclaimable(
+    cfg: &Config,
+    sysfs: &SysfsRoot,
+    pools: &[String],
+    vf: PciAddress,
+    driver: &Option<String>,
+) -> Option<String> {
+    let mut why = Vec::new();
+    for p in pools.iter().filter_map(|n| cfg.pool(n)) {
+        let reason = match p.mode {
+            Mode::Vfio => iommu::check_isolated(sysfs, vf).err().map(|e| chain(&e)),
+            Mode::Netdev => match driver.as_deref() {
+                Some(d) if d != VFIO_PCI && sysfs.netdevs(vf).is_ok_and(|n| !n.is_empty()) => None,
+                d => Some(format!(
+                    "on {}, which gives it no netdev",
+                    d.unwrap_or("no driver")
+                )),
+            },
+        };
+        match reason {
+            None => return None,
+            Some(r) => why.push(format!("pool {}: {r}", p.name)),
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// The human form.
@@ -246,7 +288,12 @@ pub fn render(s: &Status) -> String {
                         let _ = write!(line, " for pod {}", printable(p));
                     }
                 }
-                None => line.push_str(" free"),
+                None => match &v.unclaimable {
+                    None => line.push_str(" free"),
+                    Some(why) => {
+                        let _ = write!(line, " unclaimable: {}", printable(why));
+                    }
+                },
             }
             if let Some(e) = &v.error {
                 let _ = write!(line, " error: {}", printable(e));

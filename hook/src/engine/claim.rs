@@ -105,6 +105,8 @@ pub enum ClaimError {
     BadOwner(String),
     #[error("{vf}: its lease disappeared")]
     LeaseGone { vf: PciAddress },
+    #[error("the precreate claim {owner:?} holds no VF any more (not confirmed in time, or its caller was gone: gc reclaimed it); refusing to start the container without it")]
+    Reclaimed { owner: String },
     #[error("VF {vf} cannot be claimed from pool {pool:?}: {why}")]
     PinnedUnavailable {
         vf: PciAddress,

@@ -120,6 +120,7 @@ impl<'a> Engine<'a> {
                 OwnerCheck::None => {
                     owner::is_generated(owner) || (!from_annotation && bundle.is_none())
                 }
+                OwnerCheck::Precreate { .. } => owner::is_generated(owner),
                 OwnerCheck::Process { .. } => false,
             };
             if !ok {
@@ -131,6 +132,35 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(leases)
+    }
+
+    /// Ties a `hook precreate` claim to the container that received it:
+    /// each of `owner`'s leases still waiting for its container
+    /// ([`OwnerCheck::Precreate`]) is bound to `bundle`. Run by the
+    /// container's createRuntime hook; an error when the claim is gone
+    /// (gc reclaimed it: the runtime must not go on without its VFs) or
+    /// bound to another bundle. Returns how many leases were bound.
+    pub fn confirm(&'a self, owner: &str, bundle: &Path) -> Result<usize, ClaimError> {
+        let leases = self.authorize(owner, Some(bundle), true)?;
+        if leases.is_empty() {
+            return Err(ClaimError::Reclaimed {
+                owner: owner.to_owned(),
+            });
+        }
+        let mut bound = 0;
+        for l in leases {
+            let mut held = self.hold(l.vf, HOLD_WAIT)?;
+            match &held.lease.owner_check {
+                OwnerCheck::Precreate { .. } if held.lease.owner == owner => {
+                    held.lease.owner_check = OwnerCheck::Bundle(bundle.to_path_buf());
+                    held.commit()?;
+                    bound += 1;
+                }
+                OwnerCheck::Bundle(b) if b == bundle && held.lease.owner == owner => {}
+                _ => return Err(ClaimError::LeaseGone { vf: l.vf }),
+            }
+        }
+        Ok(bound)
     }
 
     /// Whether one of `owner`'s leases records `path` as its DAN file (a

@@ -21,7 +21,7 @@ use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
 use crate::integrations::flow::{self, FlowError};
 use crate::kernel::vfio;
 use crate::oci::plan::CRI_CONTAINER_TYPE;
-use crate::oci::spec;
+use crate::oci::spec::Spec;
 use crate::state::ledger::PodRef;
 
 /// `io.kubernetes.cri.sandbox-uid`: the pod's UID, on CRI specs.
@@ -30,8 +30,8 @@ pub const CRI_SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
 pub const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 
 /// The pod whose sandbox `spec` is: only a CRI sandbox spec names one.
-pub fn sandbox_pod(spec: &Value) -> Option<PodRef> {
-    let ann = spec.get("annotations")?.as_object()?;
+pub fn sandbox_pod(spec: &Spec) -> Option<PodRef> {
+    let ann = spec.annotations();
     let text = |k: &str| {
         ann.get(k)
             .and_then(Value::as_str)
@@ -53,7 +53,7 @@ pub fn sandbox_pod(spec: &Value) -> Option<PodRef> {
 /// pod's VFs; none (or no pod) leaves `spec` untouched.
 pub fn into_sandbox(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     own: &[ClaimedVf],
 ) -> Result<Vec<ClaimedVf>, FlowError> {
     let Some(pod) = sandbox_pod(spec) else {
@@ -67,7 +67,7 @@ pub fn into_sandbox(
     let all: Vec<ClaimedVf> = own.iter().chain(&vfs).cloned().collect();
     // The same devices and guest entries a claim of these VFs would write;
     // the owner token is not used.
-    let edit = flow::spec_edit(engine.cfg, "-", &all, Some(container), false)?;
-    spec::add_pod_devices(spec, &edit.devices, &edit.guest)?;
+    let edit = flow::spec_edit(engine.cfg, "-", &all, Some(container), false, false)?;
+    *spec = spec.add_pod_devices(&edit.devices, &edit.guest)?;
     Ok(vfs)
 }

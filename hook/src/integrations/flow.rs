@@ -4,23 +4,21 @@
 //! written atomically). Files touched: `<bundle>/config.json` and a temp
 //! file beside it.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::engine::claim::{ClaimError, ClaimedVf, Engine};
-use crate::error::chain;
 use crate::error::IoError;
 use crate::integrations::hooks;
 use crate::kernel::vfio::{self, DevNode};
 use crate::oci::dan::{self, DanError};
 use crate::oci::plan::{ContainerPlan, PlanError};
-use crate::oci::spec::{self, DeviceNode, SpecEdit, SpecError};
+use crate::oci::spec::{self, DeviceNode, Spec, SpecEdit, SpecError};
 use crate::policy::config::{Config, GuestMode, Mode};
 use crate::policy::request::RequestError;
 use crate::state::atomic::{self, Place};
+use crate::state::ledger::OwnerCheck;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -44,13 +42,15 @@ pub enum FlowError {
 
 /// The spec edit for claimed VFs; `vfio` is the host's `/dev/vfio/vfio`,
 /// resolved before the claim when the plan has VFIO nodes; `poststop`:
-/// whether to add the releasing poststop hook.
+/// whether to add the releasing poststop hook; `confirm`: whether to add
+/// the createRuntime hook that ties a precreate claim to its container.
 pub fn spec_edit(
     cfg: &Config,
     owner: &str,
     claimed: &[ClaimedVf],
     vfio: Option<DevNode>,
     poststop: bool,
+    confirm: bool,
 ) -> Result<SpecEdit, FlowError> {
     let mut devices = Vec::new();
     for c in claimed {
@@ -80,16 +80,17 @@ pub fn spec_edit(
         .filter(|c| c.guest == GuestMode::Helper && c.mode == Mode::Vfio)
         .map(ClaimedVf::guest_network)
         .collect();
-    let poststop = poststop.then(|| {
-        let mut h = hooks::default_poststop(&cfg.hook.binary, cfg.source.as_deref());
+    let hook = |mode| {
+        let mut h = hooks::injected(&cfg.hook.binary, cfg.source.as_deref(), mode);
         h.timeout = Some(cfg.hook.timeout);
         h
-    });
+    };
     Ok(SpecEdit {
         owner: owner.to_owned(),
         devices,
         guest,
-        poststop,
+        poststop: poststop.then(|| hook("poststop")),
+        create_runtime: confirm.then(|| hook("create-runtime")),
     })
 }
 
@@ -101,7 +102,7 @@ pub fn spec_edit(
 /// it again.
 pub fn claim_into_spec(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     plan: &ContainerPlan,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
     let poststop = engine.cfg.hook.precreate_poststop();
@@ -110,7 +111,7 @@ pub fn claim_into_spec(
 
 fn claim_edit(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     plan: &ContainerPlan,
     poststop: bool,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
@@ -121,7 +122,6 @@ fn claim_edit(
     if owner.is_empty() {
         return Err(FlowError::Other("the container's plan has no owner".into()));
     }
-    spec::check_spec(spec)?;
     let vfio = match plan.vfio_nodes {
         true => Some(vfio::container_node(&engine.cfg.dev_root).map_err(ClaimError::from)?),
         false => None,
@@ -132,11 +132,9 @@ fn claim_edit(
         plan.check.clone(),
         plan.dan_file.as_deref(),
     )?;
-    let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop).and_then(|edit| {
-        let mut copy = spec.clone();
-        spec::apply(&mut copy, &edit)?;
-        Ok(copy)
-    });
+    let confirm = matches!(plan.check, OwnerCheck::Precreate { .. });
+    let edited = spec_edit(engine.cfg, owner, &claimed, vfio, poststop, confirm)
+        .and_then(|edit| Ok(spec.apply(&edit)?));
     match edited {
         Ok(s) => {
             *spec = s;
@@ -158,7 +156,7 @@ fn claim_edit(
 /// failure after the claim releases it.
 pub fn claim_for_shim(
     engine: &Engine<'_>,
-    spec: &mut Value,
+    spec: &mut Spec,
     plan: &ContainerPlan,
 ) -> Result<Option<Vec<ClaimedVf>>, FlowError> {
     let owner = plan.owner.as_str();
@@ -194,7 +192,7 @@ pub fn claim_for_shim(
 
 /// Reads `<bundle>/config.json`: the bundle must exist, the file must not
 /// be a symlink, and at most 4 MiB is read.
-pub fn read_bundle_config(bundle: &Path) -> Result<Value, FlowError> {
+pub fn read_bundle_config(bundle: &Path) -> Result<Spec, FlowError> {
     if !bundle.is_dir() {
         return Err(FlowError::Refused {
             path: bundle.to_owned(),
@@ -202,31 +200,30 @@ pub fn read_bundle_config(bundle: &Path) -> Result<Value, FlowError> {
         });
     }
     let path = bundle.join("config.json");
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                FlowError::Refused {
-                    path: path.clone(),
-                    reason: "is a symlink; refusing to follow it".into(),
-                }
-            } else {
-                FlowError::from(IoError::at("opening", &path)(e))
+    let f = crate::file::read_regular(&path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            FlowError::Refused {
+                path: path.clone(),
+                reason: "is a symlink; refusing to follow it".into(),
             }
-        })?;
+        } else if e.kind() == std::io::ErrorKind::InvalidData {
+            FlowError::Refused {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        } else {
+            FlowError::from(IoError::at("opening", &path)(e))
+        }
+    })?;
     Ok(spec::read_spec(f)?)
 }
 
 /// Replaces `<bundle>/config.json` atomically (temp file, fsync, rename,
 /// fsync of the bundle), keeping the file's mode.
-pub fn write_bundle_config(bundle: &Path, spec: &Value) -> Result<(), FlowError> {
+pub fn write_bundle_config(bundle: &Path, spec: &Spec) -> Result<(), FlowError> {
     let path = bundle.join("config.json");
     let mode = fs::symlink_metadata(&path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    let mut data = serde_json::to_vec(spec).map_err(|e| FlowError::Other(chain(&e)))?;
-    data.push(b'\n');
-    atomic::write(&path, &data, mode, Place::Replace).map_err(FlowError::Io)
+    atomic::write(&path, spec.text().as_bytes(), mode, Place::Replace).map_err(FlowError::Io)
 }

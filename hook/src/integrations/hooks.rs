@@ -26,13 +26,18 @@ pub const HOOK_MODES: [&str; 3] = ["precreate", "create-runtime", "poststop"];
 /// The poststop hook that releases a container's VFs: this binary, with a
 /// fixed `PATH` as its whole environment and a timeout.
 pub fn default_poststop(binary: &Path, config: Option<&Path>) -> HookEntry {
+    injected(binary, config, "poststop")
+}
+
+/// The injected `kata-sriov hook <mode>` (a member of [`HOOK_MODES`]).
+pub fn injected(binary: &Path, config: Option<&Path>, mode: &str) -> HookEntry {
     let mut args = vec![BINARY_NAME.to_owned()];
     if let Some(c) = config {
         args.push("--config".to_owned());
         args.push(c.to_string_lossy().into_owned());
     }
     args.push("hook".to_owned());
-    args.push("poststop".to_owned());
+    args.push(mode.to_owned());
     HookEntry {
         path: binary.to_string_lossy().into_owned(),
         args,

@@ -133,7 +133,8 @@ pub fn create_runtime(
     state: &HookState,
     config: &serde_json::Value,
 ) -> Result<Vec<Attached>, HookError> {
-    let plan = ContainerPlan::from_spec(engine.cfg, config).map_err(FlowError::from)?;
+    let spec = crate::oci::spec::Spec::from_value(config).map_err(FlowError::from)?;
+    let plan = ContainerPlan::from_spec(engine.cfg, &spec).map_err(FlowError::from)?;
     create_runtime_planned(engine, state, &plan)
 }
 

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::claim::{check_requests, ClaimError};
 use crate::oci::dan::{self, DanError};
+use crate::oci::spec::Spec;
 use crate::policy::config::{Config, GuestMode, Mode, PoolName};
 use crate::policy::request::{self, NetworkRequest, RequestError};
 use crate::state::ledger::OwnerCheck;
@@ -72,17 +73,14 @@ pub struct ContainerPlan {
     pub check: OwnerCheck,
 }
 
-fn annotations(spec: &Value) -> Map<String, Value> {
-    spec.get("annotations")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
+fn annotations(spec: &Spec) -> &Map<String, Value> {
+    spec.annotations()
 }
 
 impl ContainerPlan {
     /// The plan of `hook precreate`, which cannot serve DAN pools (a hook
     /// cannot name the sandbox Kata creates).
-    pub fn for_hook(cfg: &Config, spec: &Value) -> Result<Self, PlanError> {
+    pub fn for_hook(cfg: &Config, spec: &Spec) -> Result<Self, PlanError> {
         let plan = Self::from_spec(cfg, spec)?;
         if plan.wants(cfg, GuestMode::Dan) {
             return Err(PlanError::DanNeedsShim);
@@ -92,7 +90,7 @@ impl ContainerPlan {
 
     /// The plan of the shim's `start` (`shim_id` is its `-id`):
     /// [`ContainerPlan::from_spec`] then [`ContainerPlan::resolve_dan`].
-    pub fn for_shim(cfg: &Config, spec: &Value, shim_id: &str) -> Result<Self, PlanError> {
+    pub fn for_shim(cfg: &Config, spec: &Spec, shim_id: &str) -> Result<Self, PlanError> {
         let mut plan = Self::from_spec(cfg, spec)?;
         plan.resolve_dan(cfg, spec, shim_id)?;
         Ok(plan)
@@ -105,13 +103,13 @@ impl ContainerPlan {
     pub fn resolve_dan(
         &mut self,
         cfg: &Config,
-        spec: &Value,
+        spec: &Spec,
         shim_id: &str,
     ) -> Result<(), PlanError> {
         if !self.wants(cfg, GuestMode::Dan) {
             return Ok(());
         }
-        let sid = dan::sandbox_id(&annotations(spec), shim_id)?;
+        let sid = dan::sandbox_id(annotations(spec), shim_id)?;
         // Kata names the file by the sandbox being created: this shim's
         // own id. A spec naming another sandbox is refused.
         if sid != shim_id {
@@ -134,9 +132,9 @@ impl ContainerPlan {
     }
 
     /// The plan of any container, without a DAN file.
-    pub fn from_spec(cfg: &Config, spec: &Value) -> Result<Self, PlanError> {
+    pub fn from_spec(cfg: &Config, spec: &Spec) -> Result<Self, PlanError> {
         let ann = annotations(spec);
-        let requests = match request::request_from_annotations(&ann)? {
+        let requests = match request::request_from_annotations(ann)? {
             Some(r) => r,
             None => {
                 let mut out = Vec::new();

@@ -1,34 +1,45 @@
-//! Pure OCI spec edits over `serde_json::Value`, and the lenient hook state
-//! parser. Touches no file and no kernel interface: the readers below take
-//! any `Read` (stdin in the hook modes), the edits work on values in memory.
+//! Pure OCI spec edits, and the lenient hook state parser. Touches no file
+//! and no kernel interface: the readers below take any `Read` (stdin in the
+//! hook modes), the edits work on text in memory.
 //!
-//! The spec is never round-tripped through typed structs (oci-spec drops
-//! every field it does not know); the workspace builds serde_json with
-//! `preserve_order`, so keys keep their order. The edit owns exactly:
+//! The spec is never built into a tree: a 4 MiB `config.json` of tiny
+//! nested values would cost hundreds of MiB as `serde_json::Value`s, and a
+//! round trip through `Value` rewrites numbers (`-0`, `1e2`, integers past
+//! u64). [`Spec`] keeps the text as it came; parsing validates it (at most
+//! [`MAX_DEPTH`] deep) while borrowing each subtree as a `RawValue` slice,
+//! and the edit splices new text in place of what it owns. Every other byte
+//! comes back as it went in (key order, numbers, escapes, whitespace; the
+//! arrays and the annotations object it rewrites keep their entries' bytes,
+//! not the whitespace between them). Peak memory is a few copies of the
+//! text (`bench-spec-memory`). The edit owns exactly:
 //!
 //! * `linux.devices` entries whose `path` is one of the edit's device nodes;
 //! * `linux.resources.devices` rules equal to the allow rules for those nodes;
-//! * `hooks.poststop` entries with the injected hook's `path` and `args`;
+//! * `hooks.poststop` and `hooks.createRuntime` entries with an injected
+//!   hook's `path` and `args`;
 //! * the annotations `io.kata-sriov.owner` and `io.kata-sriov.guest-networks`
 //!   (the latter removed when the edit has no guest networks, so a container
 //!   can never supply its own).
 //!
-//! [`add_pod_devices`] (a pod's DRA-prepared VFs in its sandbox's spec)
-//! owns the same entries but the owner annotation.
-//!
 //! Owned entries are removed and appended again, so applying an edit twice
 //! gives the same spec as applying it once, and the allow rules end up after
-//! any deny rule already present. Everything else comes out as it went in.
-//! On error the spec is left unchanged.
+//! any deny rule already present. The result is checked as any input is, so
+//! it is never something this crate's readers refuse (over 4 MiB, say).
+//! On error nothing is returned but the error.
 
+use std::fmt;
 use std::io::Read;
 
+use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::error::printable;
 
 use crate::guestnet::{
     validate_guest_networks, GuestNetError, GuestNetwork, GUEST_ANNOTATION, MAX_GUEST_JSON,
 };
-use crate::json::{kind, read_limited, MAX_INPUT_BYTES};
+use crate::json::{read_limited, too_deep, MAX_DEPTH, MAX_INPUT_BYTES};
 use crate::policy::owner::{self, MAX_OWNER, OWNER_ANNOTATION};
 
 /// The VFIO container node every VFIO user needs besides its group node.
@@ -86,6 +97,9 @@ pub struct SpecEdit {
     pub guest: Vec<GuestNetwork>,
     /// Release hook to inject, `None` when injection is switched off.
     pub poststop: Option<HookEntry>,
+    /// createRuntime hook to inject (`hook precreate`'s claims: it ties
+    /// them to the container's bundle), or None.
+    pub create_runtime: Option<HookEntry>,
 }
 
 /// Why the spec could not be edited.
@@ -97,6 +111,14 @@ pub enum SpecError {
     Read(std::io::Error),
     #[error("config.json: malformed JSON: {0}")]
     Json(serde_json::Error),
+    #[error("config.json: nested deeper than {MAX_DEPTH} arrays and objects (at byte {0})")]
+    TooDeep(usize),
+    #[error("config.json: not UTF-8 (after byte {0})")]
+    NotUtf8(usize),
+    #[error("config.json: annotation {0:?} is {1}, expected a string")]
+    AnnotationNotString(String, &'static str),
+    #[error("spec edit: the edited config.json would be {0} bytes, over the {MAX_INPUT_BYTES}-byte limit")]
+    EditTooLarge(usize),
     #[error("config.json: the document is {0}, expected an object")]
     NotObject(&'static str),
     #[error("config.json: {field} is {found}, expected {expected}")]
@@ -128,63 +150,262 @@ impl From<GuestNetError> for SpecError {
     }
 }
 
-/// Reads a `config.json` (at most [`MAX_INPUT_BYTES`]) into a value whose
-/// root is an object.
-pub fn read_spec<R: Read>(r: R) -> Result<Value, SpecError> {
-    let bytes = read_limited(r).map_err(SpecError::Read)?;
-    parse_spec(&bytes)
+/// A `config.json`, checked: its text exactly as read, and the annotations
+/// the plan reads (those under `io.kata-sriov.` and `io.kubernetes.cri.`).
+/// Nothing else of it is held in memory: the edit works on the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    text: String,
+    annotations: Map<String, Value>,
 }
 
-/// Parses a `config.json` (at most [`MAX_INPUT_BYTES`]); the root must be
-/// an object.
-pub fn parse_spec(bytes: &[u8]) -> Result<Value, SpecError> {
+/// Annotation prefixes a plan reads; others are checked, never kept.
+const READ_ANNOTATIONS: [&str; 2] = ["io.kata-sriov.", "io.kubernetes.cri."];
+
+impl Spec {
+    /// The text (what [`Spec::apply`] returns is written as it is).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The annotations a plan reads (see [`Spec`]).
+    pub fn annotations(&self) -> &Map<String, Value> {
+        &self.annotations
+    }
+
+    /// A spec from a value (tests, and callers that build one).
+    pub fn from_value(v: &Value) -> Result<Spec, SpecError> {
+        parse_text(serde_json::to_string(v).map_err(SpecError::Json)?)
+    }
+}
+
+/// Reads a `config.json` (at most [`MAX_INPUT_BYTES`]) whose root is an
+/// object.
+pub fn read_spec<R: Read>(r: R) -> Result<Spec, SpecError> {
+    parse_spec_owned(read_limited(r).map_err(SpecError::Read)?)
+}
+
+/// Parses and checks a `config.json` (at most [`MAX_INPUT_BYTES`], nested
+/// at most [`MAX_DEPTH`] deep, UTF-8): the root must be an object, every
+/// field [`Spec::apply`] may touch must have the right type (absent and
+/// null count as absent) and every annotation must be a string, so a
+/// malformed spec is refused before any VF is taken. Memory: the text,
+/// plus the read annotations; subtrees are validated without being built.
+pub fn parse_spec(bytes: &[u8]) -> Result<Spec, SpecError> {
+    // The cheap refusals before a copy is made.
     if bytes.len() > MAX_INPUT_BYTES {
         return Err(SpecError::TooLarge(bytes.len()));
     }
-    let v: Value = serde_json::from_slice(bytes).map_err(SpecError::Json)?;
-    if !v.is_object() {
-        return Err(SpecError::NotObject(kind(&v)));
-    }
-    Ok(v)
+    let text = std::str::from_utf8(bytes).map_err(|e| SpecError::NotUtf8(e.valid_up_to()))?;
+    parse_text(text.to_owned())
 }
 
-/// The object at `key`, when present and not null.
-fn field<'a>(
-    m: &'a Map<String, Value>,
-    key: &str,
-    name: &'static str,
-    want_object: bool,
-) -> Result<Option<&'a Value>, SpecError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v @ Value::Object(_)) if want_object => Ok(Some(v)),
-        Some(v @ Value::Array(_)) if !want_object => Ok(Some(v)),
-        Some(v) => Err(SpecError::WrongType {
-            field: name,
-            found: kind(v),
-            expected: if want_object { "an object" } else { "an array" },
-        }),
+/// [`parse_spec`] of bytes it may keep (no copy is made).
+pub fn parse_spec_owned(bytes: Vec<u8>) -> Result<Spec, SpecError> {
+    if bytes.len() > MAX_INPUT_BYTES {
+        return Err(SpecError::TooLarge(bytes.len()));
     }
+    let text =
+        String::from_utf8(bytes).map_err(|e| SpecError::NotUtf8(e.utf8_error().valid_up_to()))?;
+    parse_text(text)
 }
 
-/// Checks that every field [`apply`] may touch has the right type (absent
-/// and null count as absent). Call it before claiming anything, so a
-/// malformed spec is refused before any VF is taken.
-pub fn check_spec(spec: &Value) -> Result<(), SpecError> {
-    let Value::Object(root) = spec else {
-        return Err(SpecError::NotObject(kind(spec)));
-    };
-    if let Some(Value::Object(linux)) = field(root, "linux", "linux", true)? {
-        field(linux, "devices", "linux.devices", false)?;
-        if let Some(Value::Object(res)) = field(linux, "resources", "linux.resources", true)? {
-            field(res, "devices", "linux.resources.devices", false)?;
+fn parse_text(text: String) -> Result<Spec, SpecError> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(SpecError::TooLarge(text.len()));
+    }
+    if let Some(at) = too_deep(text.as_bytes(), MAX_DEPTH) {
+        return Err(SpecError::TooDeep(at));
+    }
+    let annotations = check_text(&text)?;
+    Ok(Spec { text, annotations })
+}
+
+/// The checks of [`parse_spec`]; the annotations a plan reads.
+fn check_text(text: &str) -> Result<Map<String, Value>, SpecError> {
+    let root: &RawValue = serde_json::from_str(text).map_err(SpecError::Json)?;
+    let root = root_object(root)?;
+    if let Some(linux) = root.object("linux", "linux", LINUX_KEYS)? {
+        linux.array("devices", "linux.devices")?;
+        if let Some(res) = linux.object("resources", "linux.resources", RESOURCES_KEYS)? {
+            res.array("devices", "linux.resources.devices")?;
         }
     }
-    if let Some(Value::Object(hooks)) = field(root, "hooks", "hooks", true)? {
-        field(hooks, "poststop", "hooks.poststop", false)?;
+    if let Some(hooks) = root.object("hooks", "hooks", HOOK_STAGES)? {
+        for stage in HOOK_STAGES {
+            hooks.array(stage, HOOK_FIELDS[hook_index(stage)])?;
+        }
     }
-    field(root, "annotations", "annotations", true)?;
-    Ok(())
+    let mut annotations = Map::new();
+    if let Some(a) = root.object("annotations", "annotations", &[])? {
+        each_member(a.raw, |key, v| {
+            if !v.get().starts_with('"') {
+                return Err(SpecError::AnnotationNotString(printable(key), raw_kind(v)));
+            }
+            if READ_ANNOTATIONS.iter().any(|p| key.starts_with(p)) {
+                let s: String = serde_json::from_str(v.get()).map_err(SpecError::Json)?;
+                annotations.insert(key.to_owned(), Value::String(s));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(annotations)
+}
+
+const ROOT_KEYS: &[&str] = &["linux", "hooks", "annotations"];
+const LINUX_KEYS: &[&str] = &["devices", "resources"];
+const RESOURCES_KEYS: &[&str] = &["devices"];
+/// The hook stages the edit may add to, and their names in messages.
+const HOOK_STAGES: &[&str] = &["poststop", "createRuntime"];
+const HOOK_FIELDS: [&str; 2] = ["hooks.poststop", "hooks.createRuntime"];
+
+fn hook_index(stage: &str) -> usize {
+    HOOK_STAGES.iter().position(|s| *s == stage).unwrap_or(0)
+}
+
+fn root_object(raw: &RawValue) -> Result<Obj<'_>, SpecError> {
+    match raw.get().starts_with('{') {
+        true => object(raw, "", ROOT_KEYS)?.ok_or(SpecError::NotObject("null")),
+        false => Err(SpecError::NotObject(raw_kind(raw))),
+    }
+}
+
+/// What kind of JSON value `raw` is, for error messages.
+fn raw_kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
+}
+
+/// An object of the spec's text: its members named in `keys` (the last of
+/// each, as JSON readers take it), borrowed; whether it has any member.
+struct Obj<'a> {
+    raw: &'a RawValue,
+    name: &'static str,
+    any: bool,
+    found: Vec<(&'static str, &'a RawValue)>,
+}
+
+/// `raw` as an [`Obj`], None when it is null; an error naming `name` when it
+/// is neither.
+fn object<'a>(
+    raw: &'a RawValue,
+    name: &'static str,
+    keys: &'static [&'static str],
+) -> Result<Option<Obj<'a>>, SpecError> {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => return Ok(None),
+        Some(b'{') => {}
+        _ => {
+            return Err(SpecError::WrongType {
+                field: name,
+                found: raw_kind(raw),
+                expected: "an object",
+            })
+        }
+    }
+    let mut any = false;
+    let mut found: Vec<(&'static str, &'a RawValue)> = Vec::new();
+    each_member(raw, |k, v| {
+        any = true;
+        if let Some(key) = keys.iter().find(|key| **key == k) {
+            found.retain(|(x, _)| x != key);
+            found.push((key, v));
+        }
+        Ok(())
+    })?;
+    Ok(Some(Obj {
+        raw,
+        name,
+        any,
+        found,
+    }))
+}
+
+impl<'a> Obj<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.found.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// Member `key` as an object (None: absent or null).
+    fn object(
+        &self,
+        key: &str,
+        name: &'static str,
+        keys: &'static [&'static str],
+    ) -> Result<Option<Obj<'a>>, SpecError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => object(v, name, keys),
+        }
+    }
+
+    /// Member `key` as an array (None: absent or null).
+    fn array(&self, key: &str, name: &'static str) -> Result<Option<&'a RawValue>, SpecError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.get().as_bytes().first() {
+                Some(b'n') => Ok(None),
+                Some(b'[') => Ok(Some(v)),
+                _ => Err(SpecError::WrongType {
+                    field: name,
+                    found: raw_kind(v),
+                    expected: "an array",
+                }),
+            },
+        }
+    }
+}
+
+/// Calls `f` with each member of the object `raw` (key, value text), in
+/// order, without building the values.
+fn each_member<'a>(
+    raw: &'a RawValue,
+    f: impl FnMut(&str, &'a RawValue) -> Result<(), SpecError>,
+) -> Result<(), SpecError> {
+    struct V<F>(F);
+    impl<'de, F: FnMut(&str, &'de RawValue) -> Result<(), SpecError>> Visitor<'de> for V<F> {
+        type Value = Result<(), SpecError>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut m: A) -> Result<Self::Value, A::Error> {
+            while let Some(k) = m.next_key::<String>()? {
+                let v: &'de RawValue = m.next_value()?;
+                if let Err(e) = (self.0)(&k, v) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(()))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    de.deserialize_map(V(f)).map_err(SpecError::Json)?
+}
+
+/// Calls `f` with each element of the array `raw`, in order, without
+/// building them.
+fn each_element<'a>(raw: &'a RawValue, f: impl FnMut(&'a RawValue)) -> Result<(), SpecError> {
+    struct V<F>(F);
+    impl<'de, F: FnMut(&'de RawValue)> Visitor<'de> for V<F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut s: A) -> Result<(), A::Error> {
+            while let Some(e) = s.next_element::<&'de RawValue>()? {
+                (self.0)(e);
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    de.deserialize_seq(V(f)).map_err(SpecError::Json)
 }
 
 fn check_edit(edit: &SpecEdit) -> Result<Vec<&DeviceNode>, SpecError> {
@@ -192,7 +413,7 @@ fn check_edit(edit: &SpecEdit) -> Result<Vec<&DeviceNode>, SpecError> {
         return Err(SpecError::BadOwner);
     }
     let devices = check_devices(&edit.devices)?;
-    if let Some(h) = &edit.poststop {
+    for h in edit.poststop.iter().chain(&edit.create_runtime) {
         if !h.path.starts_with('/') {
             return Err(SpecError::BadHookPath(h.path.clone()));
         }
@@ -232,6 +453,19 @@ fn check_devices(list: &[DeviceNode]) -> Result<Vec<&DeviceNode>, SpecError> {
     Ok(devices)
 }
 
+/// The guest annotation's text; `None` for no networks.
+fn guest_text(guest: &[GuestNetwork]) -> Result<Option<String>, SpecError> {
+    if guest.is_empty() {
+        return Ok(None);
+    }
+    let text =
+        serde_json::to_string(guest).map_err(|e| SpecError::Guest(GuestNetError::Json(e)))?;
+    if text.len() > MAX_GUEST_JSON {
+        return Err(SpecError::Guest(GuestNetError::TooLarge(text.len())));
+    }
+    Ok(Some(text))
+}
+
 fn device_entry(d: &DeviceNode) -> Value {
     let mut m = Map::new();
     m.insert("path".into(), Value::from(d.path.as_str()));
@@ -254,156 +488,352 @@ fn allow_rule(d: &DeviceNode) -> Value {
     Value::Object(m)
 }
 
-/// `m[key]` as an object, created when absent or null.
-fn object_at<'a>(
-    m: &'a mut Map<String, Value>,
-    key: &str,
-    name: &'static str,
-) -> Result<&'a mut Map<String, Value>, SpecError> {
-    let slot = m.entry(key).or_insert_with(|| Value::Object(Map::new()));
-    if slot.is_null() {
-        *slot = Value::Object(Map::new());
-    }
-    match slot {
-        Value::Object(o) => Ok(o),
-        other => Err(SpecError::WrongType {
-            field: name,
-            found: kind(other),
-            expected: "an object",
-        }),
-    }
-}
-
-/// `m[key]` as an array, created when absent or null.
-fn array_at<'a>(
-    m: &'a mut Map<String, Value>,
-    key: &str,
-    name: &'static str,
-) -> Result<&'a mut Vec<Value>, SpecError> {
-    let slot = m.entry(key).or_insert_with(|| Value::Array(Vec::new()));
-    if slot.is_null() {
-        *slot = Value::Array(Vec::new());
-    }
-    match slot {
-        Value::Array(a) => Ok(a),
-        other => Err(SpecError::WrongType {
-            field: name,
-            found: kind(other),
-            expected: "an array",
-        }),
-    }
-}
-
 fn path_of(v: &Value) -> Option<&str> {
     v.get("path").and_then(Value::as_str)
 }
 
-/// Applies `edit` to `spec`. Idempotent; on error `spec` is unchanged.
-pub fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
-    check_spec(spec)?;
-    let devices = check_edit(edit)?;
-    let guest = guest_text(&edit.guest)?;
-    // Edit a copy: whatever happens below, `spec` changes all at once or not at all.
-    let mut work = spec.clone();
-    let Value::Object(root) = &mut work else {
-        return Err(SpecError::NotObject(kind(spec)));
-    };
-    put_devices(root, &devices)?;
+/// Largest entry of an edited array that is parsed to see whether it is
+/// ours (larger ones never are: they are kept as they are, unparsed).
+const MAX_OWNED_ENTRY: usize = 64 * 1024;
 
-    if let Some(hook) = &edit.poststop {
-        let ours = hook.to_value();
-        let args = ours.get("args");
-        let hooks = object_at(root, "hooks", "hooks")?;
-        let list = array_at(hooks, "poststop", "hooks.poststop")?;
-        list.retain(|v| !(path_of(v) == Some(hook.path.as_str()) && v.get("args") == args));
-        list.push(ours);
-    }
-
-    let annotations = object_at(root, "annotations", "annotations")?;
-    annotations.insert(OWNER_ANNOTATION.into(), Value::from(edit.owner.as_str()));
-    put_guest(annotations, guest);
-    *spec = work;
-    Ok(())
+/// Edits of one text: spans replaced by new text (an insertion is an
+/// empty span), applied together.
+struct Splices<'a> {
+    base: &'a str,
+    edits: Vec<(usize, usize, String)>,
 }
 
-/// The guest annotation's text; `None` for no networks.
-fn guest_text(guest: &[GuestNetwork]) -> Result<Option<String>, SpecError> {
-    if guest.is_empty() {
-        return Ok(None);
+impl Splices<'_> {
+    /// Where `raw` (borrowed from the base text) lies in the base text.
+    fn span(&self, raw: &RawValue) -> (usize, usize) {
+        let start = (raw.get().as_ptr() as usize)
+            .saturating_sub(self.base.as_ptr() as usize)
+            .min(self.base.len());
+        (start, (start + raw.get().len()).min(self.base.len()))
     }
-    let text =
-        serde_json::to_string(guest).map_err(|e| SpecError::Guest(GuestNetError::Json(e)))?;
-    if text.len() > MAX_GUEST_JSON {
-        return Err(SpecError::Guest(GuestNetError::TooLarge(text.len())));
-    }
-    Ok(Some(text))
-}
 
-/// Sets the guest annotation, or removes it (a container never supplies its own).
-fn put_guest(annotations: &mut Map<String, Value>, guest: Option<String>) {
-    match guest {
-        Some(text) => {
-            annotations.insert(GUEST_ANNOTATION.into(), Value::String(text));
+    fn replace(&mut self, raw: &RawValue, text: String) {
+        let (s, e) = self.span(raw);
+        self.edits.push((s, e, text));
+    }
+
+    fn finish(mut self) -> String {
+        self.edits.sort_by_key(|(s, e, _)| (*s, *e));
+        let added: usize = self.edits.iter().map(|(_, _, t)| t.len()).sum();
+        let mut out = String::with_capacity(self.base.len() + added);
+        let mut at = 0;
+        for (s, e, t) in &self.edits {
+            out.push_str(&self.base[at..*s]);
+            out.push_str(t);
+            at = *e;
         }
-        None => {
-            annotations.shift_remove(GUEST_ANNOTATION);
-        }
+        out.push_str(&self.base[at..]);
+        out
     }
 }
 
-/// Replaces the `linux.devices` entries and allow rules of `devices`.
-fn put_devices(root: &mut Map<String, Value>, devices: &[&DeviceNode]) -> Result<(), SpecError> {
-    if devices.is_empty() {
-        return Ok(());
-    }
-    let linux = object_at(root, "linux", "linux")?;
-    let list = array_at(linux, "devices", "linux.devices")?;
-    list.retain(|v| !path_of(v).is_some_and(|p| devices.iter().any(|d| d.path == p)));
-    list.extend(devices.iter().map(|d| device_entry(d)));
+/// What to set in an object: a finished value text, or (for an object
+/// value) some of its own members, leaving the others as they are.
+enum Put {
+    Text(String),
+    Members(&'static [&'static str], Vec<(&'static str, Put)>),
+}
 
-    let mut rules: Vec<Value> = Vec::new();
-    for d in devices {
-        let r = allow_rule(d);
-        if !rules.contains(&r) {
-            rules.push(r);
+fn json_key(k: &str) -> String {
+    Value::from(k).to_string()
+}
+
+fn render(p: Put) -> String {
+    match p {
+        Put::Text(t) => t,
+        Put::Members(_, members) => {
+            let body: Vec<String> = members
+                .into_iter()
+                .map(|(k, p)| format!("{}:{}", json_key(k), render(p)))
+                .collect();
+            format!("{{{}}}", body.join(","))
         }
     }
-    let resources = object_at(linux, "resources", "linux.resources")?;
-    let list = array_at(resources, "devices", "linux.resources.devices")?;
-    list.retain(|v| !rules.contains(v));
-    list.extend(rules);
-    Ok(())
 }
 
-/// Adds the VFs prepared for a pod (by the DRA agent) to its sandbox's
-/// spec: their device nodes and allow rules, and the guest annotation set
-/// to `guest` (the entries of VFs the host already wrote into this spec,
-/// then the pod's): whatever the spec carried there is replaced. The owner
-/// annotation is left alone (these VFs are released by the agent's
-/// unprepare, never by the sandbox). On error `spec` is unchanged.
-pub fn add_pod_devices(
-    spec: &mut Value,
-    devices: &[DeviceNode],
-    guest: &[GuestNetwork],
+/// Sets `puts` in the object `obj` of the text: an existing member's value
+/// is replaced (or, for [`Put::Members`] on an object, edited in place), a
+/// missing one is added before the closing brace. Bytes around are kept.
+fn put_members(
+    sp: &mut Splices,
+    obj: &Obj,
+    puts: Vec<(&'static str, Put)>,
 ) -> Result<(), SpecError> {
-    check_spec(spec)?;
-    let devices = check_devices(devices)?;
-    validate_guest_networks(guest)?;
-    let guest = guest_text(guest)?;
-    let mut work = spec.clone();
-    let Value::Object(root) = &mut work else {
-        return Err(SpecError::NotObject(kind(spec)));
-    };
-    put_devices(root, &devices)?;
-    put_guest(object_at(root, "annotations", "annotations")?, guest);
-    *spec = work;
+    let mut added = String::new();
+    let mut any = obj.any;
+    for (key, put) in puts {
+        let text = match (obj.get(key), put) {
+            (Some(v), Put::Members(keys, sub)) => match object(v, obj.name, keys)? {
+                Some(o) => {
+                    put_members(sp, &o, sub)?;
+                    continue;
+                }
+                None => {
+                    sp.replace(v, render(Put::Members(keys, sub)));
+                    continue;
+                }
+            },
+            (Some(v), put) => {
+                sp.replace(v, render(put));
+                continue;
+            }
+            (None, put) => render(put),
+        };
+        if any {
+            added.push(',');
+        }
+        any = true;
+        added.push_str(&json_key(key));
+        added.push(':');
+        added.push_str(&text);
+    }
+    if !added.is_empty() {
+        let (_, end) = sp.span(obj.raw);
+        let close = end.saturating_sub(1);
+        sp.edits.push((close, close, added));
+    }
     Ok(())
+}
+
+/// An edited array's text: the elements of `old` that `keep` accepts, byte
+/// for byte, then `add`.
+fn rebuild(
+    old: Option<&RawValue>,
+    keep: impl Fn(&Value) -> bool,
+    add: &[Value],
+) -> Result<String, SpecError> {
+    let mut out = String::from("[");
+    let mut push = |t: &str| {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(t);
+    };
+    if let Some(a) = old {
+        each_element(a, |e| {
+            let text = e.get();
+            let kept = text.len() > MAX_OWNED_ENTRY
+                || serde_json::from_str::<Value>(text).map_or(true, |v| keep(&v));
+            if kept {
+                push(text);
+            }
+        })?;
+    }
+    for v in add {
+        push(&v.to_string());
+    }
+    out.push(']');
+    Ok(out)
+}
+
+impl Spec {
+    /// Applies `edit`: a new spec whose text is this one's with only what
+    /// the edit owns changed (see the module doc); every other byte is
+    /// kept, numbers and key order included (whitespace too, except
+    /// between the entries of the arrays and annotations it rewrites).
+    /// Idempotent. The result is checked by [`parse_spec`], so it is never
+    /// something this crate's readers refuse.
+    pub fn apply(&self, edit: &SpecEdit) -> Result<Spec, SpecError> {
+        let devices = check_edit(edit)?;
+        let guest = guest_text(&edit.guest)?;
+        self.edit(
+            &devices,
+            guest,
+            Some(&edit.owner),
+            [&edit.poststop, &edit.create_runtime],
+        )
+    }
+
+    /// Adds the VFs prepared for a pod (by the DRA agent) to its sandbox's
+    /// spec: their device nodes and allow rules, and the guest annotation
+    /// set to `guest` (the entries of VFs the host already wrote into this
+    /// spec, then the pod's): whatever the spec carried there is replaced.
+    /// The owner annotation is left alone (these VFs are released by the
+    /// agent's unprepare, never by the sandbox).
+    pub fn add_pod_devices(
+        &self,
+        devices: &[DeviceNode],
+        guest: &[GuestNetwork],
+    ) -> Result<Spec, SpecError> {
+        let devices = check_devices(devices)?;
+        validate_guest_networks(guest)?;
+        self.edit(&devices, guest_text(guest)?, None, [&None, &None])
+    }
+
+    /// Sets the guest annotation to `guest` (validated; none removes it),
+    /// changing nothing else: a device plugin pod's VFs reach the VM
+    /// through Kata's own cold plug, only their guest side is ours.
+    pub fn set_guest(&self, guest: &[GuestNetwork]) -> Result<Spec, SpecError> {
+        validate_guest_networks(guest)?;
+        self.edit(&[], guest_text(guest)?, None, [&None, &None])
+    }
+
+    /// The one text edit: `devices` in `linux`, the hooks, the owner
+    /// annotation when given, and the guest annotation (set, or removed
+    /// when `None`: a container never supplies its own).
+    fn edit(
+        &self,
+        devices: &[&DeviceNode],
+        guest: Option<String>,
+        owner: Option<&str>,
+        entries: [&Option<HookEntry>; 2],
+    ) -> Result<Spec, SpecError> {
+        let base = self.text.as_str();
+        let root: &RawValue = serde_json::from_str(base).map_err(SpecError::Json)?;
+        let root = root_object(root)?;
+        let mut puts = Vec::new();
+
+        if !devices.is_empty() {
+            let linux = root.object("linux", "linux", LINUX_KEYS)?;
+            let old = match &linux {
+                Some(l) => l.array("devices", "linux.devices")?,
+                None => None,
+            };
+            let ours: Vec<Value> = devices.iter().map(|d| device_entry(d)).collect();
+            let devs = rebuild(
+                old,
+                |v| !path_of(v).is_some_and(|p| devices.iter().any(|d| d.path == p)),
+                &ours,
+            )?;
+            let mut rules: Vec<Value> = Vec::new();
+            for d in devices {
+                let r = allow_rule(d);
+                if !rules.contains(&r) {
+                    rules.push(r);
+                }
+            }
+            let res = match &linux {
+                Some(l) => l.object("resources", "linux.resources", RESOURCES_KEYS)?,
+                None => None,
+            };
+            let old = match &res {
+                Some(r) => r.array("devices", "linux.resources.devices")?,
+                None => None,
+            };
+            let rules = rebuild(old, |v| !rules.contains(v), &rules)?;
+            puts.push((
+                "linux",
+                Put::Members(
+                    LINUX_KEYS,
+                    vec![
+                        ("devices", Put::Text(devs)),
+                        (
+                            "resources",
+                            Put::Members(RESOURCES_KEYS, vec![("devices", Put::Text(rules))]),
+                        ),
+                    ],
+                ),
+            ));
+        }
+
+        let hooks = root.object("hooks", "hooks", HOOK_STAGES)?;
+        let mut stages = Vec::new();
+        for (i, hook) in entries.into_iter().enumerate() {
+            let Some(hook) = hook else { continue };
+            let ours = hook.to_value();
+            let args = ours.get("args").cloned();
+            let old = match &hooks {
+                Some(h) => h.array(HOOK_STAGES[i], HOOK_FIELDS[i])?,
+                None => None,
+            };
+            let list = rebuild(
+                old,
+                |v| !(path_of(v) == Some(hook.path.as_str()) && v.get("args") == args.as_ref()),
+                std::slice::from_ref(&ours),
+            )?;
+            stages.push((HOOK_STAGES[i], Put::Text(list)));
+        }
+        if !stages.is_empty() {
+            puts.push(("hooks", Put::Members(HOOK_STAGES, stages)));
+        }
+
+        let mut ann = String::from("{");
+        let mut push = |k: &str, v: &str| {
+            if ann.len() > 1 {
+                ann.push(',');
+            }
+            ann.push_str(&json_key(k));
+            ann.push(':');
+            ann.push_str(v);
+        };
+        // Ours replace theirs where they were (the first time), or come last.
+        let owner = owner.map(|o| Value::from(o).to_string());
+        let guest = guest.map(|g| Value::from(g).to_string());
+        let (mut owner_put, mut guest_put) = (owner.is_none(), guest.is_none());
+        if let Some(a) = root.object("annotations", "annotations", &[])? {
+            each_member(a.raw, |k, v| {
+                match k {
+                    OWNER_ANNOTATION if !owner_put => {
+                        push(k, owner.as_deref().unwrap_or_default());
+                        owner_put = true;
+                    }
+                    GUEST_ANNOTATION if !guest_put => {
+                        push(k, guest.as_deref().unwrap_or_default());
+                        guest_put = true;
+                    }
+                    GUEST_ANNOTATION => {}
+                    OWNER_ANNOTATION if owner.is_some() => {}
+                    _ => push(k, v.get()),
+                }
+                Ok(())
+            })?;
+        }
+        if let (false, Some(o)) = (owner_put, &owner) {
+            push(OWNER_ANNOTATION, o);
+        }
+        if let (false, Some(g)) = (guest_put, &guest) {
+            push(GUEST_ANNOTATION, g);
+        }
+        ann.push('}');
+        puts.push(("annotations", Put::Text(ann)));
+
+        let mut sp = Splices {
+            base,
+            edits: Vec::new(),
+        };
+        put_members(&mut sp, &root, puts)?;
+        let out = sp.finish();
+        if out.len() > MAX_INPUT_BYTES {
+            return Err(SpecError::EditTooLarge(out.len()));
+        }
+        parse_text(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::guestnet::L3Config;
+
+    /// [`Spec::apply`] on a value: on error `spec` is unchanged.
+    fn apply(spec: &mut Value, edit: &SpecEdit) -> Result<(), SpecError> {
+        let out = Spec::from_value(spec)?.apply(edit)?;
+        *spec = serde_json::from_str(out.text()).unwrap();
+        Ok(())
+    }
+
+    fn add_pod_devices(
+        spec: &mut Value,
+        devices: &[DeviceNode],
+        guest: &[GuestNetwork],
+    ) -> Result<(), SpecError> {
+        let out = Spec::from_value(spec)?.add_pod_devices(devices, guest)?;
+        *spec = serde_json::from_str(out.text()).unwrap();
+        Ok(())
+    }
+
+    fn check_spec(spec: &Value) -> Result<(), SpecError> {
+        Spec::from_value(spec).map(drop)
+    }
+
+    fn parse_v(bytes: &[u8]) -> Result<Value, SpecError> {
+        parse_spec(bytes).map(|s| serde_json::from_str(s.text()).unwrap())
+    }
 
     /// A config.json as containerd 1.6's CRI plugin writes it for a Kata
     /// pod container, plus fields no typed parser knows.
@@ -500,6 +930,7 @@ mod tests {
                 ],
                 timeout: Some(60),
             }),
+            create_runtime: None,
         }
     }
 
@@ -513,11 +944,11 @@ mod tests {
 
     #[test]
     fn containerd_spec_edit() {
-        let before = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        let before = parse_v(CONTAINERD_SPEC.as_bytes()).unwrap();
         // The compact form survives a parse/serialize round trip byte for
         // byte: key order and number forms are preserved.
         let compact = text(&before);
-        assert_eq!(text(&parse_spec(compact.as_bytes()).unwrap()), compact);
+        assert_eq!(text(&parse_v(compact.as_bytes()).unwrap()), compact);
         assert!(compact.contains(r#""x-vendor-process":{"z":1,"a":[1.5,-0.0,1e-7,18446744073709551615,-9223372036854775808]}"#), "{compact}");
 
         let mut spec = before.clone();
@@ -637,7 +1068,7 @@ mod tests {
 
     #[test]
     fn minimal_edit_touches_only_annotations() {
-        let before = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        let before = parse_v(CONTAINERD_SPEC.as_bytes()).unwrap();
         let mut spec = before.clone();
         let e = SpecEdit {
             owner: "precreate-1".into(),
@@ -748,12 +1179,12 @@ mod tests {
             Err(SpecError::NotObject("an array"))
         ));
         assert_eq!(
-            parse_spec(b"[]").unwrap_err().to_string(),
+            parse_v(b"[]").unwrap_err().to_string(),
             "config.json: the document is an array, expected an object"
         );
-        assert!(matches!(parse_spec(b"{"), Err(SpecError::Json(_))));
+        assert!(matches!(parse_v(b"{"), Err(SpecError::Json(_))));
         let big = vec![b' '; MAX_INPUT_BYTES + 1];
-        assert!(matches!(parse_spec(&big), Err(SpecError::TooLarge(_))));
+        assert!(matches!(parse_v(&big), Err(SpecError::TooLarge(_))));
         assert!(matches!(
             read_spec(std::io::Cursor::new(big)),
             Err(SpecError::TooLarge(n)) if n == MAX_INPUT_BYTES + 1
@@ -762,7 +1193,7 @@ mod tests {
 
     #[test]
     fn bad_edits_are_refused() {
-        let spec0 = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        let spec0 = parse_v(CONTAINERD_SPEC.as_bytes()).unwrap();
         let mut cases: Vec<(SpecEdit, &str)> = Vec::new();
         let mut e = edit();
         e.owner = String::new();
@@ -806,8 +1237,99 @@ mod tests {
     }
 
     #[test]
+    fn bytes_outside_the_edit_come_back_as_they_went_in() {
+        // Numbers serde would rewrite, odd whitespace, escapes, key order.
+        let input = "{\n  \"ociVersion\" : \"1.2.0\",\n  \"x\": [-0, 1e2, 1E+2, 0.10, 123456789012345678901234567890, -9223372036854775809],\n  \"process\": {\"args\": [\"a\\u0041\\n\"],\t\"z\": 1, \"a\": 2},\n  \"linux\": {\"seccomp\": {\"n\": 1.0}, \"devices\": [ {\"path\": \"/dev/fuse\", \"major\": 10, \"minor\": 229, \"x\": 1e0} ]},\n  \"annotations\": {\"k\": \"v\\u00e9\", \"io.kata-sriov.owner\": \"old\"}\n}\n";
+        let spec = parse_spec(input.as_bytes()).unwrap();
+        let out = spec.apply(&edit()).unwrap();
+        let t = out.text();
+        // Untouched members, byte for byte, with the whitespace around them.
+        for kept in [
+            "{\n  \"ociVersion\" : \"1.2.0\",\n  \"x\": [-0, 1e2, 1E+2, 0.10, 123456789012345678901234567890, -9223372036854775809],\n  \"process\": {\"args\": [\"a\\u0041\\n\"],\t\"z\": 1, \"a\": 2},\n  \"linux\": {\"seccomp\": {\"n\": 1.0}, \"devices\": [",
+            "{\"path\": \"/dev/fuse\", \"major\": 10, \"minor\": 229, \"x\": 1e0}",
+            "\"k\":\"v\\u00e9\"",
+        ] {
+            assert!(t.contains(kept), "{kept:?} lost in {t}");
+        }
+        assert!(t.ends_with("}\n"), "{t:?}");
+        // The owner keeps its place; the guest annotation comes after.
+        assert!(t.contains(r#"{"k":"v\u00e9","io.kata-sriov.owner":"k8s.io/5f2c0e6c1d3b","io.kata-sriov.guest-networks":"#));
+        // Added members go before the closing brace of their object.
+        assert!(
+            t.contains(r#"],"resources":{"devices":[{"allow":true"#),
+            "{t}"
+        );
+        // Applying it again changes nothing.
+        assert_eq!(out.apply(&edit()).unwrap().text(), t);
+        // Without anything to add, only the annotations object changes.
+        let bare = SpecEdit {
+            owner: "o".into(),
+            ..SpecEdit::default()
+        };
+        let t2 = spec.apply(&bare).unwrap();
+        assert_eq!(
+            t2.text(),
+            input.replace(
+                "{\"k\": \"v\\u00e9\", \"io.kata-sriov.owner\": \"old\"}",
+                r#"{"k":"v\u00e9","io.kata-sriov.owner":"o"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn deep_odd_or_oversized_specs_are_refused() {
+        let deep = format!(
+            "{{\"x\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        let e = parse_spec(deep.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 64"), "{e}");
+        let ok = format!(
+            "{{\"x\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        parse_spec(ok.as_bytes()).unwrap();
+        let e = parse_spec(br#"{"annotations":{"a":"b","c":["d"]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            r#"config.json: annotation "c" is an array, expected a string"#
+        );
+        let e = parse_spec(b"{\"a\":\"\xff\"}").unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+        let e = parse_spec(br#"{"hooks":{"createRuntime":1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hooks.createRuntime is a number"), "{e}");
+        // An edit that would take the spec over the limit is refused.
+        let pad = " ".repeat(MAX_INPUT_BYTES - 100);
+        let near = format!("{{\"a\":1{pad}}}");
+        let e = parse_spec(near.as_bytes())
+            .unwrap()
+            .apply(&edit())
+            .unwrap_err();
+        assert!(matches!(e, SpecError::EditTooLarge(_)), "{e}");
+    }
+
+    #[test]
+    fn only_the_annotations_a_plan_reads_are_kept() {
+        let s = parse_spec(
+            br#"{"annotations":{"io.kata-sriov.networks":"fast","other":"x","io.kubernetes.cri.sandbox-id":"s"}}"#,
+        )
+        .unwrap();
+        let keys: Vec<&str> = s.annotations().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["io.kata-sriov.networks", "io.kubernetes.cri.sandbox-id"]
+        );
+    }
+
+    #[test]
     fn pod_devices_join_the_hosts_own_and_replace_a_containers_guest_annotation() {
-        let mut spec = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        let mut spec = parse_v(CONTAINERD_SPEC.as_bytes()).unwrap();
         let own = edit();
         apply(&mut spec, &own).unwrap();
         let pod_node = node("/dev/vfio/43", 243, 1);
@@ -844,7 +1366,7 @@ mod tests {
 
         // Without a claim of the host's own: the container's annotation
         // is replaced, no owner is written.
-        let mut spec = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        let mut spec = parse_v(CONTAINERD_SPEC.as_bytes()).unwrap();
         add_pod_devices(&mut spec, &devices, &guest[1..]).unwrap();
         assert!(spec["annotations"].get(OWNER_ANNOTATION).is_none());
         assert!(!text(&spec).contains("evil"));
@@ -853,5 +1375,31 @@ mod tests {
         let e = add_pod_devices(&mut spec, &[node("/dev/vfio/44", 243, 2)], &[]).unwrap_err();
         assert!(matches!(e, SpecError::MissingVfioContainer(_)), "{e}");
         assert_eq!(spec, before);
+    }
+
+    #[test]
+    fn set_guest_changes_only_the_guest_annotation() {
+        let spec = parse_spec(CONTAINERD_SPEC.as_bytes()).unwrap();
+        let guest = edit().guest;
+        let out = spec.set_guest(&guest).unwrap();
+        let (a, b) = (
+            parse_v(spec.text().as_bytes()).unwrap(),
+            parse_v(out.text().as_bytes()).unwrap(),
+        );
+        for k in keys(&a) {
+            if k != "annotations" {
+                assert_eq!(text(&a[k]), text(&b[k]), "{k} changed");
+            }
+        }
+        assert_eq!(
+            b["annotations"][GUEST_ANNOTATION].as_str().unwrap(),
+            serde_json::to_string(&guest).unwrap()
+        );
+        assert_eq!(
+            a["annotations"].get(OWNER_ANNOTATION),
+            b["annotations"].get(OWNER_ANNOTATION)
+        );
+        let twice = vec![guest[0].clone(), guest[0].clone()];
+        assert!(spec.set_guest(&twice).is_err());
     }
 }

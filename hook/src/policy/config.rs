@@ -278,6 +278,11 @@ pub struct HookConfig {
     /// seconds, before leaving it to gc.
     #[serde(default = "default_release_wait")]
     pub release_wait: u32,
+    /// How long a `hook precreate` claim waits for its container's
+    /// createRuntime hook to confirm it, in seconds; gc reclaims it after
+    /// that (or as soon as the runtime that ran the hook is gone).
+    #[serde(default = "default_confirm_within")]
+    pub confirm_within: u32,
 }
 
 fn default_binary() -> PathBuf {
@@ -288,6 +293,9 @@ fn default_timeout() -> u32 {
 }
 fn default_release_wait() -> u32 {
     30
+}
+fn default_confirm_within() -> u32 {
+    300
 }
 
 impl HookConfig {
@@ -309,6 +317,7 @@ impl Default for HookConfig {
             binary: default_binary(),
             timeout: default_timeout(),
             release_wait: default_release_wait(),
+            confirm_within: default_confirm_within(),
         }
     }
 }

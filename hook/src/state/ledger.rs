@@ -22,6 +22,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::IoError;
+use crate::file;
 use crate::guestnet::L3Config;
 use crate::kernel::netlink::{VfSetting, VfSettings};
 use crate::pci::{IfName, MacAddr, PciAddress, PciId};
@@ -70,6 +71,16 @@ pub enum OwnerCheck {
     Bundle(PathBuf),
     /// Alive while this process (pid and start time in clock ticks) runs.
     Process { pid: u32, start: u64 },
+    /// A `hook precreate` claim whose container has not appeared yet: alive
+    /// while the runtime that ran the hook (`caller`: pid and start time)
+    /// runs, and never past `confirm_by` (unix seconds). The container's
+    /// createRuntime hook turns it into [`OwnerCheck::Bundle`]; a spec
+    /// that never reached a runtime is reclaimed.
+    Precreate {
+        caller: u32,
+        start: u64,
+        confirm_by: u64,
+    },
 }
 
 pub use crate::kernel::netns::NetdevMove;
@@ -203,11 +214,11 @@ fn mkdir_private(path: &Path) -> Result<(), LedgerError> {
     }
 }
 
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+/// Where a hook's log goes by default: `<state_dir>/kata-sriov.log`, once
+/// the state dir has passed [`Ledger::open`]'s checks (a symlinked or
+/// foreign state dir gets no log file created in it); None otherwise.
+pub fn log_path(dir: &Path) -> Option<PathBuf> {
+    Ledger::open(dir).ok().map(|l| l.dir.join("kata-sriov.log"))
 }
 
 impl Ledger {
@@ -235,14 +246,15 @@ impl Ledger {
     }
 
     fn lock_file(&self, path: &Path, wait: Duration) -> Result<Option<LockGuard>, LedgerError> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(IoError::at("opening lock", path))?;
+        let f = file::open_regular(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600),
+            path,
+        )
+        .map_err(IoError::at("opening lock", path))?;
         let deadline = Instant::now() + wait;
         let mut f = f;
         let mut pause = Duration::from_millis(1);
@@ -339,15 +351,12 @@ impl Ledger {
     }
 
     fn parse_file(path: &Path) -> Result<Option<Lease>, String> {
-        let f = match open_nofollow(path) {
+        let f = match file::read_regular(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
         let md = f.metadata().map_err(|e| e.to_string())?;
-        if !md.is_file() {
-            return Err("not a regular file".into());
-        }
         if md.len() > MAX_LEASE {
             return Err(format!("{} bytes is too large for a lease", md.len()));
         }
@@ -446,10 +455,39 @@ pub fn this_process() -> OwnerCheck {
     }
 }
 
+/// The calling process (this one's parent), as a precreate claim's
+/// [`OwnerCheck`] that must be confirmed by `confirm_by`; None when its
+/// start time cannot be read.
+pub fn precreate_caller(confirm_by: u64) -> Option<OwnerCheck> {
+    let caller = u32::try_from(nix::unistd::getppid().as_raw()).ok()?;
+    let start = process_start(Path::new("/proc"), caller)?;
+    Some(OwnerCheck::Precreate {
+        caller,
+        start,
+        confirm_by,
+    })
+}
+
 /// Liveness of a lease's owner: Some(true) alive, Some(false) gone, None
 /// cannot tell (which keeps the VF).
 pub fn owner_alive(check: &OwnerCheck, proc_root: &Path) -> Option<bool> {
     match check {
+        OwnerCheck::Precreate {
+            caller,
+            start,
+            confirm_by,
+        } => {
+            if now_secs() > *confirm_by {
+                return Some(false);
+            }
+            owner_alive(
+                &OwnerCheck::Process {
+                    pid: *caller,
+                    start: *start,
+                },
+                proc_root,
+            )
+        }
         OwnerCheck::None => None,
         OwnerCheck::Bundle(p) => match fs::symlink_metadata(p) {
             Ok(_) => Some(true),

@@ -3,7 +3,7 @@
 //! its reply (`Connection: close`); the calls run one at a time on the
 //! thread that owns the engine. POST only, headers at
 //! most [`MAX_HEAD`] bytes, bodies at most [`MAX_BODY`] (`Content-Length`
-//! or chunked), read and write timeouts. Malformed requests get an HTTP
+//! or chunked), a deadline for the whole request and a write timeout. Malformed requests get an HTTP
 //! 400 with a JSON `{"Err": ...}`; unknown methods a 404 with one (which
 //! libnetwork reads as "not implemented" where that is optional); a
 //! request that fails gets a 200 with `{"Err": ...}`, as the remote driver
@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use slog::{warn, Logger};
@@ -26,8 +26,31 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// Per-connection read/write timeout.
+/// Per-connection read/write timeout: the whole request must arrive
+/// within it (a deadline, not a timeout per read: a client trickling a
+/// header line now and then is cut off all the same).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stream read against a deadline: each read waits at most the time left.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    end: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the request did not arrive within {IO_TIMEOUT:?}"),
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
+}
 
 /// After an error reply, at most this much of the rest of a malformed
 /// request is read (and dropped), waiting at most this long per read and
@@ -325,7 +348,10 @@ pub fn write_reply<W: Write>(w: &mut W, reply: &Reply) -> io::Result<()> {
 
 /// Serves one connection: one request, one reply.
 pub fn serve_conn(stream: &UnixStream, handler: &dyn Fn(&str, &[u8]) -> Reply) -> io::Result<()> {
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(Deadline {
+        stream,
+        end: Instant::now() + IO_TIMEOUT,
+    });
     let (reply, malformed) = match read_request(&mut reader) {
         Ok(req) => (handler(&req.path, &req.body), false),
         Err(reply) => (reply, true),
@@ -336,8 +362,8 @@ pub fn serve_conn(stream: &UnixStream, handler: &dyn Fn(&str, &[u8]) -> Reply) -
     if malformed {
         // Closing a unix socket with unread input resets the peer before
         // it reads the reply: read (and drop) what it still sends, bounded.
-        let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
-        let start = std::time::Instant::now();
+        reader.get_mut().end = Instant::now() + DRAIN_TIMEOUT * 4;
+        let start = Instant::now();
         let mut buf = [0u8; 8192];
         let mut total = 0u64;
         while total < DRAIN_MAX && start.elapsed() < DRAIN_TIMEOUT * 4 {

@@ -24,7 +24,7 @@ mod store;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use crate::engine::claim::ClaimError;
@@ -47,6 +47,8 @@ pub enum DockerError {
     Io(#[from] IoError),
     #[error("{path}: exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
+    #[error("{path}: another driver instance is listening on it; refusing to take it over")]
+    InUse { path: PathBuf },
     #[error("{path}: {reason}")]
     Store { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -59,7 +61,8 @@ pub enum DockerError {
 }
 
 /// Binds the driver's socket at `path`: creates its directory, replaces a
-/// stale socket (never any other kind of file), makes it 0600.
+/// stale socket (never one a live instance accepts connections on, nor any
+/// other kind of file), makes it 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, DockerError> {
     let io = |op: &'static str, p: &Path| {
         let p = p.to_owned();
@@ -70,6 +73,12 @@ pub fn bind(path: &Path) -> Result<UnixListener, DockerError> {
     }
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
+            // A live instance answers a connect: never take its socket over.
+            if UnixStream::connect(path).is_ok() {
+                return Err(DockerError::InUse {
+                    path: path.to_owned(),
+                });
+            }
             fs::remove_file(path).map_err(io("removing", path))?
         }
         Ok(_) => {
