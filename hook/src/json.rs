@@ -13,6 +13,10 @@ pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// but not the memory a deep, wide document costs).
 pub const MAX_DEPTH: usize = 64;
 
+/// Prefixes of the annotations this crate reads from a spec or a hook
+/// state (ours and the CRI's); others are checked, never kept.
+pub const READ_ANNOTATIONS: [&str; 2] = ["io.kata-sriov.", "io.kubernetes.cri."];
+
 /// The byte offset where `text` first nests deeper than `max` arrays and
 /// objects, if it does (brackets inside strings do not count). A scan
 /// without allocation, run before any parse.

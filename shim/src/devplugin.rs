@@ -219,10 +219,10 @@ pub fn with_guest_annotation(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use kata_sriov::guestnet::GUEST_ANNOTATION;
     use kata_sriov::policy::request::parse_request;
     use kata_sriov::state::ledger::{LeaseState, Ledger};
     use kata_sriov::testing::{sample_lease, FakeBinder, FakeSysfs, RecordingNetlink};
-    use kata_sriov::guestnet::GUEST_ANNOTATION;
     use serde_json::{json, Value};
 
     fn lease(vf: &str, pool: &str, mac: &str, pod: Option<&str>) -> Lease {

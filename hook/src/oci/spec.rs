@@ -39,7 +39,7 @@ use crate::error::printable;
 use crate::guestnet::{
     validate_guest_networks, GuestNetError, GuestNetwork, GUEST_ANNOTATION, MAX_GUEST_JSON,
 };
-use crate::json::{read_limited, too_deep, MAX_DEPTH, MAX_INPUT_BYTES};
+use crate::json::{read_limited, too_deep, MAX_DEPTH, MAX_INPUT_BYTES, READ_ANNOTATIONS};
 use crate::policy::owner::{self, MAX_OWNER, OWNER_ANNOTATION};
 
 /// The VFIO container node every VFIO user needs besides its group node.
@@ -158,9 +158,6 @@ pub struct Spec {
     text: String,
     annotations: Map<String, Value>,
 }
-
-/// Annotation prefixes a plan reads; others are checked, never kept.
-const READ_ANNOTATIONS: [&str; 2] = ["io.kata-sriov.", "io.kubernetes.cri."];
 
 impl Spec {
     /// The text (what [`Spec::apply`] returns is written as it is).

@@ -1,12 +1,19 @@
 //! The state a runtime passes to an OCI hook on stdin, parsed leniently.
+//! Bounded like a spec: at most [`MAX_INPUT_BYTES`], nested at most
+//! [`MAX_DEPTH`] deep, and only the annotations we read are kept (every
+//! annotation must still be a string, as the OCI runtime spec says), so a
+//! container's huge or deep annotations cost no memory here.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::de::{Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::json::{read_limited, MAX_INPUT_BYTES};
+use crate::json::{read_limited, too_deep, MAX_DEPTH, MAX_INPUT_BYTES, READ_ANNOTATIONS};
 
 /// The state a runtime passes to a hook on stdin. Parsed leniently: Kata's
 /// host hooks get only `pid`, `bundle`, `id` and `annotations` (no
@@ -32,6 +39,8 @@ pub enum StateError {
     Json(serde_json::Error),
     #[error("hook state: \"id\" is missing or empty")]
     MissingId,
+    #[error("hook state: nested deeper than {MAX_DEPTH} arrays and objects (at byte {0})")]
+    TooDeep(usize),
 }
 
 /// Parses a hook state (at most [`MAX_INPUT_BYTES`]). Unknown fields are
@@ -39,6 +48,9 @@ pub enum StateError {
 pub fn parse_state(bytes: &[u8]) -> Result<HookState, StateError> {
     if bytes.len() > MAX_INPUT_BYTES {
         return Err(StateError::TooLarge(bytes.len()));
+    }
+    if let Some(at) = too_deep(bytes, MAX_DEPTH) {
+        return Err(StateError::TooDeep(at));
     }
     let raw: RawState = serde_json::from_slice(bytes).map_err(StateError::Json)?;
     let id = raw
@@ -49,7 +61,7 @@ pub fn parse_state(bytes: &[u8]) -> Result<HookState, StateError> {
         id,
         pid: raw.pid,
         bundle: raw.bundle.filter(|b| !b.is_empty()).map(PathBuf::from),
-        annotations: raw.annotations.unwrap_or_default(),
+        annotations: raw.annotations.map(|a| a.0).unwrap_or_default(),
         status: raw.status,
         oci_version: raw.oci_version,
     })
@@ -70,7 +82,90 @@ struct RawState {
     status: Option<String>,
     pid: Option<i64>,
     bundle: Option<String>,
-    annotations: Option<Map<String, Value>>,
+    annotations: Option<ReadAnnotations>,
+}
+
+/// The annotations of [`READ_ANNOTATIONS`]; every value must be a string.
+struct ReadAnnotations(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for ReadAnnotations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ReadAnnotations;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string annotations")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = Map::new();
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    match m.next_value::<Annotation<'de>>()? {
+                        Annotation::Text(v) => {
+                            if READ_ANNOTATIONS.iter().any(|p| k.starts_with(p)) {
+                                out.insert(k.into_owned(), Value::String(v.into_owned()));
+                            }
+                        }
+                        Annotation::Other(kind) => {
+                            return Err(A::Error::custom(format!(
+                                "annotation {k:?} is {kind}, expected a string"
+                            )))
+                        }
+                    }
+                }
+                Ok(ReadAnnotations(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// One annotation's value: its text, or what else it is (skipped without
+/// being built).
+enum Annotation<'de> {
+    Text(Cow<'de, str>),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Annotation<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Annotation<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Annotation::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Annotation::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Annotation::Other("a boolean"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Annotation::Other("a number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Annotation::Other("a number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Annotation::Other("a number"))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Annotation::Other("null"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Annotation::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Annotation::Other("an object"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +212,10 @@ mod tests {
             (br#"{"id":"a","id":"b"}"#, "duplicate field `id`"),
             (br#"{"id":"a","pid":"12"}"#, "malformed JSON"),
             (br#"{"id":"a","annotations":[]}"#, "malformed JSON"),
+            (
+                br#"{"id":"a","annotations":{"x":{"y":[1]}}}"#,
+                r#"annotation "x" is an object, expected a string"#,
+            ),
             (b"not json", "malformed JSON"),
             (b"[]", "malformed JSON"),
         ] {
@@ -126,6 +225,20 @@ mod tests {
                 "{got}"
             );
         }
+        let deep = format!(
+            "{{\"id\":\"a\",\"x\":{}{}}}",
+            "[".repeat(65),
+            "]".repeat(65)
+        );
+        assert!(matches!(
+            parse_state(deep.as_bytes()),
+            Err(StateError::TooDeep(_))
+        ));
+        // Annotations we do not read are checked, not kept.
+        let s = parse_state(br#"{"id":"a","annotations":{"x":"y","io.kata-sriov.owner":"o"}}"#)
+            .unwrap();
+        assert_eq!(s.annotations.len(), 1);
+        assert_eq!(s.annotations[OWNER_ANNOTATION], "o");
         let mut big = br#"{"id":"a","x":""#.to_vec();
         big.resize(MAX_INPUT_BYTES + 10, b'a');
         assert!(matches!(parse_state(&big), Err(StateError::TooLarge(_))));
