@@ -344,13 +344,28 @@ fn create_runtime(cfg: &Config, logger: &Logger) -> Result<()> {
 }
 
 fn docker_plugin(cfg: &Config, socket: &std::path::Path) -> Result<()> {
+    use kata_sriov::integrations::docker::{self, Driver, Reply};
     let logger = log::from_env(None, "docker-plugin");
-    let h = host(cfg)?;
-    let engine = Engine::new(cfg, &h.nl, &h.binder)?;
-    let driver = kata_sriov::integrations::docker::Driver::new(&engine, logger.clone());
-    let listener = kata_sriov::integrations::docker::bind(socket)?;
+    // A bad state dir or no netlink fails the start, not every call.
+    {
+        let h = host(cfg)?;
+        Engine::new(cfg, &h.nl, &h.binder)?;
+    }
+    let listener = docker::bind(socket)?;
     info!(logger, "listening"; "socket" => socket.display().to_string());
-    kata_sriov::integrations::docker::serve(&listener, &driver).context("accepting connections")
+    // An engine per call, on the call's own thread: a release waiting for
+    // its VF holds up no other call.
+    let call = |method: &str, body: &[u8]| -> Reply {
+        let h = match host(cfg) {
+            Ok(h) => h,
+            Err(e) => return Reply::err(500, format!("{e:#}")),
+        };
+        match Engine::new(cfg, &h.nl, &h.binder) {
+            Ok(engine) => Driver::new(&engine, logger.clone()).handle(method, body),
+            Err(e) => Reply::err(500, kata_sriov::error::chain(&e)),
+        }
+    };
+    docker::serve(&listener, &call, &logger).context("accepting connections")
 }
 
 fn poststop(cfg: &Config, logger: &Logger) -> Result<()> {

@@ -76,13 +76,45 @@ fn sample_config_parses_and_pf_vlan_map_to_its_pools() {
         ]
     );
     // The map is private and replaced atomically (no temp file left).
-    let names: Vec<String> = std::fs::read_dir(t.path().join("state"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("docker"))
-        .collect();
-    assert_eq!(names, ["docker-networks.json"]);
+    let ls = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("docker") || n.starts_with('n'))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        ls(&t.path().join("state")),
+        ["docker-networks.d", "docker-networks.json"]
+    );
+    // One private liveness mark per network (endpoint leases hang on it).
+    let marks = t.path().join("state/docker-networks.d");
+    assert_eq!(ls(&marks), ["n1", "n2", "n3", "n4"]);
     use std::os::unix::fs::PermissionsExt;
+    for m in [marks.clone(), marks.join("n1")] {
+        let mode = std::fs::metadata(&m).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", m.display());
+    }
+    let r = d.handle(
+        "NetworkDriver.DeleteNetwork",
+        &serde_json::to_vec(&json!({ "NetworkID": "n1" })).unwrap(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(ls(&marks), ["n2", "n3", "n4"]);
+    // An id naming anything but a mark of its own is refused.
+    for bad in ["..", ".", ".x"] {
+        let r = create(bad, json!({ "pool": "fast" }));
+        assert!(
+            r.body["Err"]
+                .as_str()
+                .unwrap()
+                .contains("not starting with '.'"),
+            "{r:?}"
+        );
+    }
+    assert!(t.path().join("state").is_dir());
     let mode = std::fs::metadata(t.path().join("state/docker-networks.json"))
         .unwrap()
         .permissions()

@@ -300,6 +300,12 @@ fn bad_requests_get_a_json_err_and_the_plugin_keeps_serving() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // Every connection thread gone (the 200 above may have come while a
+    // few silent ones were still being closed).
+    while conn_threads(&p) > 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let one_silent = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
     let t = std::time::Instant::now();
     ok(&p, "Plugin.Activate", json!({}));
@@ -408,4 +414,183 @@ fn deadlines_socket_ownership_and_a_bounded_network_map() {
         json!({ "NetworkID": format!("{:064x}", 0) }),
     );
     p.kill();
+}
+
+/// The plugin's connection threads (named `conn`).
+fn conn_threads(p: &Plugin) -> usize {
+    let pid = p.child.as_ref().unwrap().id();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "conn")
+        })
+        .count()
+}
+
+/// Whether the plugin process holds `path` open.
+fn holds_open(p: &Plugin, path: &std::path::Path) -> bool {
+    let pid = p.child.as_ref().unwrap().id();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+}
+
+fn vf_of(p: &Plugin, nid: &str, eid: &str) -> String {
+    let info = ok(
+        p,
+        "NetworkDriver.EndpointOperInfo",
+        json!({ "NetworkID": nid, "EndpointID": eid }),
+    );
+    info["Value"]["vf"].as_str().unwrap().to_owned()
+}
+
+/// Issue 19, attack 6: a DeleteEndpoint whose release waits on its VF (the
+/// test holds the VF's lock, as a claim or release in another process
+/// would) holds up no other call: capabilities, a new network, an endpoint
+/// on the other VF and its delete all answer while it still waits; then it
+/// finishes.
+#[test]
+fn a_waiting_release_holds_up_no_other_call() {
+    use std::time::{Duration, Instant};
+
+    let host = VethHost::new("kw", 2, "");
+    let mut p = plugin(&host);
+    let n2 = NID.replace('0', "1");
+    let e2 = EID.replace('f', "1");
+    let net = |id: &str| json!({ "NetworkID": id, "Options": { "com.docker.network.generic": { "pool": "nd" } } });
+    ok(&p, "NetworkDriver.CreateNetwork", net(NID));
+    ok(
+        &p,
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID, "Interface": {} }),
+    );
+    let vf = vf_of(&p, NID, EID);
+    let ledger = kata_sriov::state::ledger::Ledger::open(&host.path().join("state")).unwrap();
+    let held = ledger
+        .lock_vf(vf.parse().unwrap(), Duration::ZERO)
+        .unwrap()
+        .unwrap();
+    let lock = host.path().join("state/locks").join(&vf);
+
+    let socket = p.socket.clone();
+    let slow = std::thread::spawn(move || {
+        let body = serde_json::to_vec(&json!({ "NetworkID": NID, "EndpointID": EID })).unwrap();
+        netdev_support::call_raw(&socket, "NetworkDriver.DeleteEndpoint", &body).unwrap()
+    });
+    // The delete is in the plugin, waiting for the VF's lock.
+    let t = Instant::now();
+    while !holds_open(&p, &lock) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the delete never reached the VF"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        ok(&p, "NetworkDriver.GetCapabilities", json!({}))["Scope"],
+        "local"
+    );
+    ok(&p, "NetworkDriver.CreateNetwork", net(&n2));
+    ok(
+        &p,
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": n2, "EndpointID": e2, "Interface": {} }),
+    );
+    assert_ne!(vf_of(&p, &n2, &e2), vf);
+    ok(
+        &p,
+        "NetworkDriver.DeleteEndpoint",
+        json!({ "NetworkID": n2, "EndpointID": e2 }),
+    );
+    // All of that while the first delete still waits.
+    assert!(!slow.is_finished());
+    assert!(holds_open(&p, &lock));
+    assert_eq!(host.leases(), 1);
+    drop(held);
+    let (status, body) = slow.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("Err"), "{body}");
+    assert_eq!(host.leases(), 0);
+    assert!(host.host_has(&host.vf_netdev(0)) && host.host_has(&host.vf_netdev(1)));
+    assert!(p.alive());
+}
+
+fn gc(host: &VethHost) -> String {
+    let o = std::process::Command::new(kata_sriov_tests::workspace_bin("kata-sriov"))
+        .arg("--config")
+        .arg(&host.config)
+        .arg("gc")
+        .env_remove("KATA_SRIOV_LOG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Issue 19, attack 6: a DeleteEndpoint refused with a 503 (over the
+/// connection limit) leaves its lease, kept by gc while the network lives
+/// (Docker may still have the endpoint); once Docker deletes the network,
+/// gc releases it, and keeps a live endpoint of another network.
+#[test]
+fn a_refused_delete_leaves_no_lease_once_its_network_is_gone() {
+    use std::time::{Duration, Instant};
+
+    let host = VethHost::new("kr", 2, "");
+    let mut p = plugin(&host);
+    let n2 = NID.replace('0', "1");
+    let e2 = EID.replace('f', "1");
+    for (n, e) in [(NID, EID), (n2.as_str(), e2.as_str())] {
+        ok(
+            &p,
+            "NetworkDriver.CreateNetwork",
+            json!({ "NetworkID": n, "Options": { "com.docker.network.generic": { "pool": "nd" } } }),
+        );
+        ok(
+            &p,
+            "NetworkDriver.CreateEndpoint",
+            json!({ "NetworkID": n, "EndpointID": e, "Interface": {} }),
+        );
+    }
+    let live_vf = vf_of(&p, &n2, &e2);
+    let silent: Vec<_> = (0..40)
+        .map(|_| std::os::unix::net::UnixStream::connect(&p.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, v) = p.call(
+        "NetworkDriver.DeleteEndpoint",
+        json!({ "NetworkID": NID, "EndpointID": EID }),
+    );
+    assert_eq!(status, 503, "{v}");
+    drop(silent);
+    let t = Instant::now();
+    while p.call("Plugin.Activate", json!({})).0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(host.leases(), 2);
+    // The network lives: Docker may still have the endpoint.
+    gc(&host);
+    assert_eq!(host.leases(), 2);
+    // A plugin restart changes nothing.
+    p.restart();
+    gc(&host);
+    assert_eq!(host.leases(), 2);
+    ok(
+        &p,
+        "NetworkDriver.DeleteNetwork",
+        json!({ "NetworkID": NID }),
+    );
+    let out = gc(&host);
+    assert_eq!(host.leases(), 1, "{out}");
+    assert!(host.host_has(&host.vf_netdev(0)) && host.host_has(&host.vf_netdev(1)));
+    assert_eq!(vf_of(&p, &n2, &e2), live_vf);
+    ok(
+        &p,
+        "NetworkDriver.DeleteEndpoint",
+        json!({ "NetworkID": n2, "EndpointID": e2 }),
+    );
+    assert_eq!(host.leases(), 0);
+    assert!(p.alive());
 }

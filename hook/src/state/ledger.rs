@@ -67,7 +67,8 @@ pub enum OwnerCheck {
     /// Only an explicit release frees the VF.
     None,
     /// Alive while this OCI bundle directory exists (containerd removes it
-    /// when the container is deleted).
+    /// when the container is deleted); the Docker driver uses a network's
+    /// mark directory the same way.
     Bundle(PathBuf),
     /// Alive while this process (pid and start time in clock ticks) runs.
     Process { pid: u32, start: u64 },

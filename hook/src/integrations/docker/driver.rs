@@ -35,7 +35,8 @@ pub struct Driver<'a> {
     logger: Logger,
 }
 
-/// A network or endpoint id from Docker: 1 to 128 of `[A-Za-z0-9_.-]`.
+/// A network or endpoint id from Docker: 1 to 128 of `[A-Za-z0-9_.-]`,
+/// not starting with `.` (a network id names its mark directory).
 fn id_field(body: &Value, key: &str) -> Result<String, DockerError> {
     let s = body
         .get(key)
@@ -43,12 +44,13 @@ fn id_field(body: &Value, key: &str) -> Result<String, DockerError> {
         .ok_or_else(|| DockerError::Request(format!("{key}: missing or not a string")))?;
     if s.is_empty()
         || s.len() > 128
+        || s.starts_with('.')
         || !s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
     {
         return Err(DockerError::Request(format!(
-            "{key}: must be 1 to 128 characters of [A-Za-z0-9_.-]"
+            "{key}: must be 1 to 128 characters of [A-Za-z0-9_.-], not starting with '.'"
         )));
     }
     Ok(s.to_owned())
@@ -274,10 +276,15 @@ impl<'a> Driver<'a> {
         let mut store = store::load(&self.store)?;
         store.networks.insert(id.clone(), entry);
         store::save(&self.store, &store)?;
+        store::make_mark(&self.engine.state_dir(), &id)?;
         info!(self.logger, "network created"; "network" => id, "pool" => &pool.name);
         Ok(json!({}))
     }
 
+    /// Docker deletes a network only once it has no endpoints left: a
+    /// lease still under it was left by a DeleteEndpoint that never reached
+    /// us (refused with a 503, or the plugin down). Removing the network's
+    /// mark makes such leases dead to gc, which reclaims them.
     fn delete_network(&self, body: &Value) -> Result<Value, DockerError> {
         let id = id_field(body, "NetworkID")?;
         let _g = self.engine.host_lock()?;
@@ -285,6 +292,7 @@ impl<'a> Driver<'a> {
         if store.networks.remove(&id).is_some() {
             store::save(&self.store, &store)?;
         }
+        store::remove_mark(&self.engine.state_dir(), &id)?;
         Ok(json!({}))
     }
 
@@ -318,7 +326,14 @@ impl<'a> Driver<'a> {
                 DockerError::Request(format!("Interface.MacAddress: {ec}", ec = chain(&e)))
             })?),
         };
-        let net = self.network(&nid)?;
+        // The network and its mark (made here too for a network created
+        // before marks existed) under the host lock, against a concurrent
+        // DeleteNetwork; a delete after this leaves a lease gc reclaims.
+        let (net, mark) = {
+            let _g = self.engine.host_lock()?;
+            let net = self.network(&nid)?;
+            (net, store::make_mark(&self.engine.state_dir(), &nid)?)
+        };
         let pool = self.engine.cfg.pool(&net.pool).ok_or_else(|| {
             DockerError::Request(format!(
                 "network {nid}: its pool {:?} is no longer configured",
@@ -335,9 +350,9 @@ impl<'a> Driver<'a> {
             vf: None,
         };
         let owner = endpoint_owner(&nid, &eid);
-        let claimed = self
-            .engine
-            .claim(&owner, std::slice::from_ref(&req), OwnerCheck::None)?;
+        let claimed =
+            self.engine
+                .claim(&owner, std::slice::from_ref(&req), OwnerCheck::Bundle(mark))?;
         let Some(c) = claimed.into_iter().next() else {
             return Err(DockerError::Request("the claim returned no VF".into()));
         };

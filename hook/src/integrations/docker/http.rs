@@ -1,7 +1,8 @@
 //! The HTTP side of the Docker driver: a small blocking HTTP/1.1 server: a thread per
 //! connection (at most [`MAX_CONNECTIONS`]) reads one request and writes
-//! its reply (`Connection: close`); the calls run one at a time on the
-//! thread that owns the engine. POST only, headers at
+//! its reply (`Connection: close`); the call runs on that thread (each
+//! with its own engine: see [`serve`]), so one slow call holds up no
+//! other. POST only, headers at
 //! most [`MAX_HEAD`] bytes, bodies at most [`MAX_BODY`] (`Content-Length`
 //! or chunked), a deadline for the whole request and a write timeout. Malformed requests get an HTTP
 //! 400 with a JSON `{"Err": ...}`; unknown methods a 404 with one (which
@@ -12,7 +13,6 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -39,16 +39,30 @@ struct Deadline<'a> {
 
 impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
+        let late = || {
+            io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the request did not arrive within {IO_TIMEOUT:?}"),
-            ));
+            )
+        };
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
         }
         self.stream.set_read_timeout(Some(left))?;
         let mut s = self.stream;
-        s.read(buf)
+        match s.read(buf) {
+            // The read timeout is the time left: the deadline passed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(late())
+            }
+            r => r,
+        }
     }
 }
 
@@ -72,7 +86,7 @@ impl Reply {
     pub(super) fn ok(body: Value) -> Reply {
         Reply { status: 200, body }
     }
-    pub(super) fn err(status: u16, msg: impl Into<String>) -> Reply {
+    pub fn err(status: u16, msg: impl Into<String>) -> Reply {
         Reply {
             status,
             body: json!({ "Err": msg.into() }),
@@ -88,11 +102,11 @@ const REJECT_DRAIN: Duration = Duration::from_millis(100);
 
 fn accept_loop(
     listener: &UnixListener,
-    tx: &mpsc::Sender<(Request, mpsc::SyncSender<Reply>)>,
+    handle: &(dyn Fn(&str, &[u8]) -> Reply + Sync),
     logger: &Logger,
 ) -> io::Result<()> {
-    let active = Arc::new(AtomicUsize::new(0));
-    loop {
+    let active = &AtomicUsize::new(0);
+    std::thread::scope(|s| loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e)
@@ -137,34 +151,21 @@ fn accept_loop(
             }
             continue;
         }
-        let tx = tx.clone();
-        let active = Arc::clone(&active);
         let conn_logger = logger.clone();
         let spawned = std::thread::Builder::new()
             .name("conn".into())
-            .spawn(move || {
-                let handler = |path: &str, body: &[u8]| {
-                    let (back, answer) = mpsc::sync_channel(1);
-                    let req = Request {
-                        path: path.to_owned(),
-                        body: body.to_vec(),
-                    };
-                    if tx.send((req, back)).is_err() {
-                        return Reply::err(503, "the plugin is shutting down");
-                    }
-                    answer
-                        .recv()
-                        .unwrap_or_else(|_| Reply::err(500, "the call was dropped"))
-                };
-                if let Err(e) = serve_conn(&stream, &handler) {
+            .spawn_scoped(s, move || {
+                if let Err(e) = serve_conn(&stream, handle) {
                     warn!(conn_logger, "connection dropped"; "error" => chain(&e));
                 }
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
+            // The stream went with the closure: the client sees a close.
+            active.fetch_sub(1, Ordering::SeqCst);
             warn!(logger, "cannot start a connection thread"; "error" => chain(&e));
         }
-    }
+    })
 }
 
 /// A parsed request: method path (without `/`) and body.
@@ -378,27 +379,17 @@ pub fn serve_conn(stream: &UnixStream, handler: &dyn Fn(&str, &[u8]) -> Reply) -
 
 /// Serves connections until accepting fails for good. Each connection is
 /// read and answered on its own thread (at most [`MAX_CONNECTIONS`] at
-/// once; more get a 503), so a slow or silent client holds up no one;
-/// the calls themselves run one at a time on the calling thread, which
-/// owns the engine. Transient accept errors (an aborted connection, a
-/// signal, a full fd table) are logged and retried.
+/// once; more get a 503), and `handle` runs there too, concurrently: a
+/// slow or silent client, or a call waiting on one VF (a release waiting
+/// for a hypervisor to close it), holds up no other call. Transient accept
+/// errors (an aborted connection, a signal, a full fd table) are logged
+/// and retried.
 pub fn serve(
     listener: &UnixListener,
-    handle: &dyn Fn(&str, &[u8]) -> Reply,
+    handle: &(dyn Fn(&str, &[u8]) -> Reply + Sync),
     logger: &Logger,
 ) -> io::Result<()> {
-    type Job = (Request, mpsc::SyncSender<Reply>);
-    let (tx, rx) = mpsc::channel::<Job>();
-    let logger = logger.clone();
-    std::thread::scope(|s| {
-        let acceptor = s.spawn(move || accept_loop(listener, &tx, &logger));
-        for (req, back) in rx {
-            let _ = back.send(handle(&req.path, &req.body));
-        }
-        acceptor
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the accepting thread panicked")))
-    })
+    accept_loop(listener, handle, logger)
 }
 
 #[cfg(test)]

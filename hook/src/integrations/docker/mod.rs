@@ -9,10 +9,16 @@
 //! and sets the address its IPAM chose, the MAC and the gateway.
 //!
 //! Files: the socket; `<state_dir>/docker-networks.json` (network → pool
-//! and gateways, 0600, replaced atomically), besides the engine's leases.
+//! and gateways, 0600, replaced atomically) and
+//! `<state_dir>/docker-networks.d/<network>/` (the network's mark: its
+//! endpoints' leases are alive for gc while it exists), besides the
+//! engine's leases.
 //! Everything survives a restart of the plugin: endpoints are found again
 //! through their leases.
 //!
+//!
+//! Calls run concurrently, each with its own engine: one DeleteEndpoint
+//! waiting for its VF holds up no call about another VF.
 //!
 //! Split in three: [`driver`] (the calls), [`http`] (the server), [`store`]
 //! (the network map).
@@ -94,8 +100,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, DockerError> {
     Ok(l)
 }
 
-/// Serves the driver on `listener` (see [`http::serve`]): the calls run one
-/// at a time on this thread, which owns the engine.
-pub fn serve(listener: &UnixListener, driver: &Driver<'_>) -> io::Result<()> {
-    http::serve(listener, &|m, b| driver.handle(m, b), driver.logger())
+/// Serves the driver on `listener` (see [`http::serve`]): `call` answers
+/// each request on its connection's thread, concurrently with the others
+/// (the binary gives each call an engine of its own: the engine's locks are
+/// files, per VF and host-wide, so engines in one process exclude each
+/// other as processes do).
+pub fn serve(
+    listener: &UnixListener,
+    call: &(dyn Fn(&str, &[u8]) -> Reply + Sync),
+    logger: &slog::Logger,
+) -> io::Result<()> {
+    http::serve(listener, call, logger)
 }

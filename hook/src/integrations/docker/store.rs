@@ -1,12 +1,18 @@
 //! The Docker driver's network map: `<state_dir>/docker-networks.json`
 //! (network -> pool and gateways, 0600, replaced atomically, compact), read
 //! with a size cap and without following symlinks; never written over that
-//! cap (a new network that would not fit is refused).
+//! cap (a new network that would not fit is refused). Beside it,
+//! `<state_dir>/docker-networks.d/<network>/`, one empty directory per
+//! network, made by CreateNetwork and removed by DeleteNetwork: an
+//! endpoint's lease is alive while its network's directory exists (gc
+//! reclaims the leases a refused DeleteEndpoint left once Docker deletes
+//! the network).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::IpAddr;
-use std::path::Path;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +23,37 @@ use crate::state::atomic::{self, Place};
 
 /// The network → pool map, in the state dir.
 pub const NETWORKS_FILE: &str = "docker-networks.json";
+
+/// The directory of the networks' liveness marks, in the state dir.
+pub const NETWORK_MARKS: &str = "docker-networks.d";
+
+/// The mark of network `id` (an id [`super::driver`] checked: no `/`, not
+/// `.` or `..`).
+pub(super) fn mark(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join(NETWORK_MARKS).join(id)
+}
+
+/// Makes the mark of network `id` (0700; there already is fine).
+pub(super) fn make_mark(state_dir: &Path, id: &str) -> Result<PathBuf, DockerError> {
+    let p = mark(state_dir, id);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&p)
+        .map_err(|source| DockerError::Io(IoError::new("creating", p.clone(), source)))?;
+    Ok(p)
+}
+
+/// Removes the mark of network `id` (gone already is fine).
+pub(super) fn remove_mark(state_dir: &Path, id: &str) -> Result<(), DockerError> {
+    let p = mark(state_dir, id);
+    match std::fs::remove_dir(&p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(DockerError::Io(IoError::new("removing", p, e)))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// What one network of this driver is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
