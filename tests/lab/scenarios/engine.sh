@@ -105,7 +105,7 @@ step "IOMMU safety: a VF sharing its group with another endpoint is refused"
 uvf=$(vf_addr "$UNSAFE_PF" 0)
 info "$uvf group $(pci_group "$uvf"): $(pci_group_members "$uvf")"
 udrv=$(pci_driver "$uvf")
-err=$(spec_with unsafe | "$KS" hook precreate 2>&1 >/dev/null) && fail "claim of an unsafe VF succeeded"
+err=$(spec_with unsafe | "$KS" hook precreate 2>&1 >"$W/unsafe.out") && fail "claim of an unsafe VF succeeded"
 info "refusal: $err"
 check_match "refusal names the shared IOMMU group" "shares IOMMU group" "$err"
 check_eq "$uvf left on its driver" "$udrv" "$(pci_driver "$uvf")"
