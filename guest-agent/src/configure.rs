@@ -72,10 +72,12 @@ fn ns_id(f: &File) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-/// The target namespace when it is not ours: its fd and a socket in it.
+/// The target namespace when it is not ours: its fd and a socket in it,
+/// and ours (where a moved NIC goes back if a later step fails).
 struct Target {
     ns: File,
     conf: IfConf,
+    home: File,
 }
 
 fn open_target(pid: i32) -> Result<Option<Target>, ConfigureError> {
@@ -86,7 +88,11 @@ fn open_target(pid: i32) -> Result<Option<Target>, ConfigureError> {
         return Ok(None);
     }
     let conf = IfConf::open_in_netns(ns.as_fd())?;
-    Ok(Some(Target { ns, conf }))
+    Ok(Some(Target {
+        ns,
+        conf,
+        home: own,
+    }))
 }
 
 fn gather(conf: &IfConf, sysfs: Option<&std::path::Path>) -> Result<Vec<Nic>, IfconfError> {
@@ -199,6 +205,25 @@ pub fn configure(
 
     let mut out = Vec::new();
     let mut done: Vec<(&IfConf, u32, Link, Vec<Change>)> = Vec::new();
+    // NICs moved into the target: their index there and their name here.
+    let mut moved: Vec<(u32, Option<IfName>)> = Vec::new();
+    // All or nothing across entries: what was configured goes back as it
+    // was, then what was moved goes back home under its own name.
+    let roll_back = |done: &[(&IfConf, u32, Link, Vec<Change>)],
+                     moved: &[(u32, Option<IfName>)]| {
+        for (c, index, before, applied) in done.iter().rev() {
+            if let Err(u) = IfConf::undo(c, *index, before, applied) {
+                log.info(&format!("undoing link index {index}: {u}"));
+            }
+        }
+        if let Some(t) = &target {
+            for (index, name) in moved.iter().rev() {
+                if let Err(u) = t.conf.move_to_netns(*index, t.home.as_fd(), name.as_ref()) {
+                    log.info(&format!("moving link index {index} back: {u}"));
+                }
+            }
+        }
+    };
     for (e, (n, pick, nic)) in chosen.into_iter().enumerate() {
         let entry = describe(e, n);
         let mut changes = Vec::new();
@@ -211,35 +236,46 @@ pub fn configure(
                         nic: nic.to_string(),
                     })?,
                 };
-                local.move_to_netns(nic.link.index, t.ns.as_fd(), Some(&name))?;
+                if let Err(err) = local.move_to_netns(nic.link.index, t.ns.as_fd(), Some(&name)) {
+                    roll_back(&done, &moved);
+                    return Err(err.into());
+                }
                 changes.push(format!(
                     "moved {} into the target namespace as {name}",
                     nic.link.name
                 ));
-                let link = t.conf.link_by_name(name.as_str())?.ok_or_else(|| {
-                    ConfigureError::Vanished {
-                        entry: entry.clone(),
-                        name: name.to_string(),
+                let link = match t.conf.link_by_name(name.as_str()) {
+                    Ok(Some(l)) => l,
+                    Ok(None) => {
+                        roll_back(&done, &moved);
+                        return Err(ConfigureError::Vanished {
+                            entry: entry.clone(),
+                            name: name.to_string(),
+                        });
                     }
-                })?;
+                    Err(err) => {
+                        roll_back(&done, &moved);
+                        return Err(err.into());
+                    }
+                };
+                moved.push((link.index, nic.link.name.parse().ok()));
                 (&t.conf, link)
             }
             (Some(t), Pick::Target(_)) => (&t.conf, nic.link.clone()),
             (None, _) => (&local, nic.link.clone()),
         };
-        let before = conf.link(link.index)?.unwrap_or_else(|| link.clone());
+        let before = match conf.link(link.index) {
+            Ok(b) => b.unwrap_or_else(|| link.clone()),
+            Err(err) => {
+                roll_back(&done, &moved);
+                return Err(err.into());
+            }
+        };
         let applied = match conf.apply_l3(&link, &n.l3, n.mac) {
             Ok(a) => a,
-            Err(e) => {
-                // All or nothing across entries too: the NICs configured
-                // before this one go back as they were (a NIC moved into
-                // the target namespace stays there).
-                for (c, index, before, applied) in done.iter().rev() {
-                    if let Err(u) = IfConf::undo(c, *index, before, applied) {
-                        log.info(&format!("undoing link index {index}: {u}"));
-                    }
-                }
-                return Err(e.into());
+            Err(err) => {
+                roll_back(&done, &moved);
+                return Err(err.into());
             }
         };
         changes.extend(applied.iter().map(ToString::to_string));

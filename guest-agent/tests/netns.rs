@@ -694,3 +694,65 @@ fn a_late_failure_undoes_every_entry() {
     assert!(line.contains("route 10.77.0.0/16"), "{line}");
     assert_eq!(ours(ns.snapshot()), before);
 }
+
+/// All or nothing across namespaces (issue 19): when a later entry fails,
+/// a NIC already moved into the container's namespace comes back under its
+/// own name and as it was, and the container's namespace is as before.
+#[test]
+fn a_late_failure_moves_a_moved_nic_back() {
+    let vm = Netns::new("mvback");
+    let ctr = Netns::new("mvbackc");
+    vm.veth("vf0", "02:5a:00:00:00:01");
+    vm.veth("vf1", "02:5a:00:00:00:02");
+    // The container already routes 10.77.0.0/16 elsewhere: net2's route is
+    // refused by the kernel (EEXIST) after net1 was moved and configured.
+    ctr.veth("other", "02:5a:00:00:00:99");
+    ctr.ip(&["addr", "add", "10.9.0.2/24", "dev", "other"]);
+    ctr.ip(&["link", "set", "other", "up"]);
+    ctr.ip(&[
+        "route",
+        "add",
+        "10.77.0.0/16",
+        "via",
+        "10.9.0.1",
+        "dev",
+        "other",
+    ]);
+    let sleeper = Sleeper::new(&ctr);
+    // Only the helper's side of each veth (a peer gets a link-local
+    // address of its own once its NIC was up for a moment), and no link
+    // index: a NIC that went to another namespace and back may come back
+    // with a new one (the kernel's, when its old one was taken meanwhile).
+    let ours = |v: Value| -> Value {
+        let mut v = v;
+        let links = v["links"].as_object_mut().unwrap();
+        links.retain(|k, _| !k.ends_with('p'));
+        for l in links.values_mut() {
+            l.as_object_mut().unwrap().remove("index");
+        }
+        v["routes"].as_array_mut().unwrap().retain(|r| {
+            !["vf0p", "vf1p", "otherp"]
+                .iter()
+                .any(|p| r.as_str().unwrap().contains(p))
+        });
+        v
+    };
+    let before = (ours(vm.snapshot()), ours(ctr.snapshot()));
+    let cfg = json!([{"mac":"02:5a:00:00:00:01","pci_id":"8086:10ca","name":"net1",
+        "ips":["10.60.0.5/24"],"mtu":1400},
+      {"mac":"02:5a:00:00:00:02","pci_id":"8086:10ca","name":"net2",
+        "ips":["10.61.0.5/24"],"routes":[{"dst":"10.77.0.0/16","via":"10.61.0.1"}]}]);
+    let state = json!({"ociVersion":"1.0.2","id":"c9","status":"created","pid":sleeper.pid(),
+        "bundle":"/nonexistent","annotations":{"io.kata-sriov.guest-networks":cfg.to_string()}})
+    .to_string();
+    let o = vm.helper(&["--no-kmsg", "prestart"], Some(&state));
+    let line = assert_refused(&o);
+    assert!(line.contains("10.77.0.0/16"), "{line}");
+    assert!(vm.has_link("vf0") && vm.has_link("vf1"), "{}", stderr(&o));
+    assert_eq!(
+        (ours(vm.snapshot()), ours(ctr.snapshot())),
+        before,
+        "{}",
+        stderr(&o)
+    );
+}
