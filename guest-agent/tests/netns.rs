@@ -648,15 +648,10 @@ fn existing_default_route_elsewhere_is_not_replaced() {
     assert_eq!(routes_of(&ns, "-4", "eth0")[0], "default via 10.88.0.1");
 }
 
-/// Issue 19, attack 8: all or nothing across entries. The second entry's
-/// route conflicts with one already in the namespace (nothing validation
-/// could know), after the first NIC was renamed, addressed and brought up:
-/// the helper exits 1 naming the route, and the namespace is as it was.
-#[test]
-fn a_late_failure_undoes_every_entry() {
-    let ns = Netns::new("undo");
-    ns.veth("vf0", "02:5a:00:00:00:01");
-    ns.veth("vf1", "02:5a:00:00:00:02");
+/// A veth `other` in `ns` with 10.9.0.2/24, up, routing 10.77.0.0/16: the
+/// route [`TWO_ENTRIES`]' second entry asks for is then refused by the
+/// kernel (EEXIST), which no validation could know.
+fn route_elsewhere(ns: &Netns) {
     ns.veth("other", "02:5a:00:00:00:99");
     ns.ip(&["addr", "add", "10.9.0.2/24", "dev", "other"]);
     ns.ip(&["link", "set", "other", "up"]);
@@ -669,30 +664,45 @@ fn a_late_failure_undoes_every_entry() {
         "dev",
         "other",
     ]);
-    // The helper's side only: a veth's peer gets an IPv6 link-local address
-    // of its own once the NIC was up for a moment.
-    let ours = |v: Value| -> Value {
-        let mut v = v;
-        v["links"]
-            .as_object_mut()
-            .unwrap()
-            .retain(|k, _| !k.ends_with('p'));
-        v["routes"].as_array_mut().unwrap().retain(|r| {
-            !["vf0p", "vf1p", "otherp"]
-                .iter()
-                .any(|p| r.as_str().unwrap().contains(p))
-        });
-        v
-    };
-    let before = ours(ns.snapshot());
-    let cfg = r#"[{"mac":"02:5a:00:00:00:01","pci_id":"8086:10ca","name":"net1",
+}
+
+/// Two entries (vf0 -> net1, vf1 -> net2); net2's route is the one
+/// [`route_elsewhere`] makes the kernel refuse.
+const TWO_ENTRIES: &str = r#"[{"mac":"02:5a:00:00:00:01","pci_id":"8086:10ca","name":"net1",
         "ips":["10.60.0.5/24"],"mtu":1400},
       {"mac":"02:5a:00:00:00:02","pci_id":"8086:10ca","name":"net2",
         "ips":["10.61.0.5/24"],"routes":[{"dst":"10.77.0.0/16","via":"10.61.0.1"}]}]"#;
-    let o = ns.helper(&["--no-kmsg", "--config", "-"], Some(cfg));
+
+/// A snapshot's helper side only: a veth's peer (`<name>p`) gets an IPv6
+/// link-local address of its own once the NIC was up for a moment.
+fn helper_side(mut v: Value) -> Value {
+    v["links"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| !k.ends_with('p'));
+    v["routes"].as_array_mut().unwrap().retain(|r| {
+        !["vf0p", "vf1p", "otherp"]
+            .iter()
+            .any(|p| r.as_str().unwrap().contains(p))
+    });
+    v
+}
+
+/// Issue 19, attack 8: all or nothing across entries. The second entry's
+/// route conflicts with one already in the namespace (nothing validation
+/// could know), after the first NIC was renamed, addressed and brought up:
+/// the helper exits 1 naming the route, and the namespace is as it was.
+#[test]
+fn a_late_failure_undoes_every_entry() {
+    let ns = Netns::new("undo");
+    ns.veth("vf0", "02:5a:00:00:00:01");
+    ns.veth("vf1", "02:5a:00:00:00:02");
+    route_elsewhere(&ns);
+    let before = helper_side(ns.snapshot());
+    let o = ns.helper(&["--no-kmsg", "--config", "-"], Some(TWO_ENTRIES));
     let line = assert_refused(&o);
     assert!(line.contains("route 10.77.0.0/16"), "{line}");
-    assert_eq!(ours(ns.snapshot()), before);
+    assert_eq!(helper_side(ns.snapshot()), before);
 }
 
 /// All or nothing across namespaces (issue 19): when a later entry fails,
@@ -704,46 +714,21 @@ fn a_late_failure_moves_a_moved_nic_back() {
     let ctr = Netns::new("mvbackc");
     vm.veth("vf0", "02:5a:00:00:00:01");
     vm.veth("vf1", "02:5a:00:00:00:02");
-    // The container already routes 10.77.0.0/16 elsewhere: net2's route is
-    // refused by the kernel (EEXIST) after net1 was moved and configured.
-    ctr.veth("other", "02:5a:00:00:00:99");
-    ctr.ip(&["addr", "add", "10.9.0.2/24", "dev", "other"]);
-    ctr.ip(&["link", "set", "other", "up"]);
-    ctr.ip(&[
-        "route",
-        "add",
-        "10.77.0.0/16",
-        "via",
-        "10.9.0.1",
-        "dev",
-        "other",
-    ]);
+    route_elsewhere(&ctr);
     let sleeper = Sleeper::new(&ctr);
-    // Only the helper's side of each veth (a peer gets a link-local
-    // address of its own once its NIC was up for a moment), and no link
-    // index: a NIC that went to another namespace and back may come back
-    // with a new one (the kernel's, when its old one was taken meanwhile).
+    // No link index either: a NIC that went to another namespace and back
+    // may come back with a new one (the kernel's, when its old one was
+    // taken meanwhile).
     let ours = |v: Value| -> Value {
-        let mut v = v;
-        let links = v["links"].as_object_mut().unwrap();
-        links.retain(|k, _| !k.ends_with('p'));
-        for l in links.values_mut() {
+        let mut v = helper_side(v);
+        for l in v["links"].as_object_mut().unwrap().values_mut() {
             l.as_object_mut().unwrap().remove("index");
         }
-        v["routes"].as_array_mut().unwrap().retain(|r| {
-            !["vf0p", "vf1p", "otherp"]
-                .iter()
-                .any(|p| r.as_str().unwrap().contains(p))
-        });
         v
     };
     let before = (ours(vm.snapshot()), ours(ctr.snapshot()));
-    let cfg = json!([{"mac":"02:5a:00:00:00:01","pci_id":"8086:10ca","name":"net1",
-        "ips":["10.60.0.5/24"],"mtu":1400},
-      {"mac":"02:5a:00:00:00:02","pci_id":"8086:10ca","name":"net2",
-        "ips":["10.61.0.5/24"],"routes":[{"dst":"10.77.0.0/16","via":"10.61.0.1"}]}]);
     let state = json!({"ociVersion":"1.0.2","id":"c9","status":"created","pid":sleeper.pid(),
-        "bundle":"/nonexistent","annotations":{"io.kata-sriov.guest-networks":cfg.to_string()}})
+        "bundle":"/nonexistent","annotations":{"io.kata-sriov.guest-networks":TWO_ENTRIES}})
     .to_string();
     let o = vm.helper(&["--no-kmsg", "prestart"], Some(&state));
     let line = assert_refused(&o);
