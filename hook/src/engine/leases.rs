@@ -75,7 +75,7 @@ impl<'a> Engine<'a> {
     pub fn device_plugin_leases(&self, pod: &str) -> Result<(Vec<Lease>, usize), ClaimError> {
         let mut mine = Vec::new();
         let mut unknown = 0;
-        for l in self.ledger.list()?.into_iter().filter_map(|e| e.lease.ok()) {
+        for l in self.readable_leases()? {
             if !l.owner.starts_with(owner::DEVICE_PLUGIN_PREFIX) || l.state != LeaseState::Claimed {
                 continue;
             }
@@ -90,13 +90,9 @@ impl<'a> Engine<'a> {
 
     /// The readable leases recorded under `owner`.
     pub fn leases_of(&self, owner: &str) -> Result<Vec<Lease>, ClaimError> {
-        Ok(self
-            .ledger
-            .list()?
-            .into_iter()
-            .filter_map(|e| e.lease.ok())
-            .filter(|l| l.owner == owner)
-            .collect())
+        let mut leases = self.readable_leases()?;
+        leases.retain(|l| l.owner == owner);
+        Ok(leases)
     }
 
     /// The leases a hook may act on for `owner`, given what its own state
@@ -174,12 +170,10 @@ impl<'a> Engine<'a> {
 
     /// Sets (or clears) the DAN file recorded in each of `owner`'s leases.
     pub fn set_dan_file(&self, owner: &str, path: Option<&Path>) -> Result<(), ClaimError> {
-        for l in self.leases_of(owner)? {
-            let mut held = self.hold(l.vf, HOLD_WAIT)?;
-            held.lease.dan_file = path.map(Path::to_path_buf);
-            held.commit()?;
-        }
-        Ok(())
+        self.change_leases_of(owner, |l| {
+            l.dan_file = path.map(Path::to_path_buf);
+            true
+        })
     }
 
     /// Records in each of `owner`'s leases the pods whose sandbox may
@@ -187,15 +181,40 @@ impl<'a> Engine<'a> {
     /// for; an empty list stops cold plug). Leases already recording
     /// exactly `pods` are not rewritten.
     pub fn set_pods(&self, owner: &str, pods: &[PodRef]) -> Result<(), ClaimError> {
+        self.change_leases_of(owner, |l| {
+            let changed = l.pods != pods;
+            l.pods = pods.to_vec();
+            changed
+        })
+    }
+
+    /// Changes each of `owner`'s leases with `change` under its VF's lock,
+    /// writing those it reports changed. A lease that changed hands between
+    /// the listing and the lock (released, then claimed by another owner)
+    /// is left alone: nothing of one owner is ever written into another's.
+    fn change_leases_of(
+        &self,
+        owner: &str,
+        mut change: impl FnMut(&mut Lease) -> bool,
+    ) -> Result<(), ClaimError> {
         for l in self.leases_of(owner)? {
-            if l.pods == pods {
-                continue;
-            }
             let mut held = self.hold(l.vf, HOLD_WAIT)?;
-            held.lease.pods = pods.to_vec();
-            held.commit()?;
+            if held.lease.owner == owner && change(&mut held.lease) {
+                held.commit()?;
+            }
         }
         Ok(())
+    }
+
+    /// Every lease that reads back whole (corrupt ones are gc's and
+    /// status's business).
+    fn readable_leases(&self) -> Result<Vec<Lease>, ClaimError> {
+        Ok(self
+            .ledger
+            .list()?
+            .into_iter()
+            .filter_map(|e| e.lease.ok())
+            .collect())
     }
 
     /// The VFs to cold-plug into `pod`'s sandbox: complete leases of vfio
@@ -203,17 +222,12 @@ impl<'a> Engine<'a> {
     /// (a VF can be in one VM only, so a claim shared by several pods is
     /// left to the containers' own devices), in VF order.
     pub fn pod_vfs(&self, pod: &PodRef) -> Result<Vec<ClaimedVf>, ClaimError> {
-        let mut leases: Vec<Lease> = self
-            .ledger
-            .list()?
-            .into_iter()
-            .filter_map(|e| e.lease.ok())
-            .filter(|l| {
-                l.state == LeaseState::Claimed
-                    && l.mode == Mode::Vfio
-                    && l.pods.as_slice() == std::slice::from_ref(pod)
-            })
-            .collect();
+        let mut leases = self.readable_leases()?;
+        leases.retain(|l| {
+            l.state == LeaseState::Claimed
+                && l.mode == Mode::Vfio
+                && l.pods.as_slice() == std::slice::from_ref(pod)
+        });
         leases.sort_by_key(|l| l.vf);
         leases
             .iter()
