@@ -17,14 +17,10 @@
 //! addresses; more entries than VFs, or a MAC that differs from the VF's,
 //! is an error (nothing is changed).
 
-use std::ffi::OsString;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kata_sriov::integrations::flow::{write_bundle_config, FlowError};
-use slog::{error, info, Logger};
+use slog::{info, Logger};
 
-use crate::delegate::{self, DelegateError};
 use kata_sriov::engine::claim::{ClaimError, Engine};
 use kata_sriov::guestnet::{validate_guest_networks, GuestNetError, GuestNetwork};
 use kata_sriov::oci::spec::{Spec, SpecError};
@@ -68,23 +64,17 @@ pub enum DevicePluginError {
         #[source]
         source: SpecError,
     },
-    #[error(transparent)]
-    Flow(#[from] FlowError),
 }
 
 /// At a CRI sandbox's start: when the device plugin gave its pod VFs,
-/// writes their guest annotation into the bundle's config.json and execs
-/// the delegate (restoring config.json if that fails: the error comes
-/// back). Ok(None): not such a pod, nothing done.
-pub fn start(
+/// `spec` with their guest annotation (the caller writes it and hands
+/// over to the delegate). Ok(None): not such a pod, nothing to do.
+pub fn edit(
     engine: &Engine<'_>,
     spec: &Spec,
     requests: &[NetworkRequest],
-    bundle: &Path,
-    delegate_path: &Path,
-    rest: &[OsString],
     log: &Logger,
-) -> Result<Option<DelegateError>, DevicePluginError> {
+) -> Result<Option<Spec>, DevicePluginError> {
     let Some(pod) = pod_of(spec) else {
         return Ok(None);
     };
@@ -94,16 +84,10 @@ pub fn start(
     }
     let nets = guest_networks(&pod, requests, &leases)?;
     let edited = with_guest_annotation(spec, &pod, &nets)?;
-    write_bundle_config(bundle, &edited)?;
     let vfs: Vec<String> = leases.iter().map(|l| l.vf.to_string()).collect();
     info!(log, "start: the device plugin's VFs of the pod, guest annotation written";
-        "pod" => &pod, "vfs" => vfs.join(", "), "delegate" => %delegate_path.display());
-    let e = delegate::exec(delegate_path, rest);
-    error!(log, "start: {e}"; "pod" => &pod);
-    if let Err(w) = write_bundle_config(bundle, spec) {
-        error!(log, "start: restoring config.json: {w}"; "pod" => &pod);
-    }
-    Ok(Some(e))
+        "pod" => &pod, "vfs" => vfs.join(", "));
+    Ok(Some(edited))
 }
 
 /// The pod (`namespace/name`) a CRI sandbox spec names; None when it is

@@ -167,9 +167,9 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
     let engine = Engine::new(&cfg, &nl, &binder)?;
     let log = open_log(&cfg);
     if plan.cri == CriKind::Sandbox {
-        let started = devplugin::start(&engine, &spec, &plan.requests, &bundle, &path, rest, &log)?;
-        if let Some(e) = started {
-            return Err(e.into());
+        if let Some(edited) = devplugin::edit(&engine, &spec, &plan.requests, &log)? {
+            flow::write_bundle_config(&bundle, &edited)?;
+            return Err(exec_restoring(&path, rest, &bundle, &spec, &log).into());
         }
     }
     let owner = a
@@ -199,13 +199,26 @@ fn start(argv0: &OsStr, rest: &[OsString], a: &ShimArgs) -> Result<Infallible> {
         .map(|c| format!("{} ({})", c.vf, c.pool))
         .collect();
     info!(log, "start: claimed"; "owner" => &owner, "vfs" => vfs.join(", "), "delegate" => %path.display());
-    let e = delegate::exec(&path, rest);
-    error!(log, "start: {e}"; "owner" => &owner);
-    if let Err(w) = flow::write_bundle_config(&bundle, &original) {
-        error!(log, "start: restoring config.json: {w}"; "owner" => &owner);
-    }
+    let e = exec_restoring(&path, rest, &bundle, &original, &log);
     release_after_failure(&engine, &owner, &log);
     Err(e.into())
+}
+
+/// Hands over to the delegate; if the exec comes back (it failed), puts
+/// the bundle's `original` config.json back. Returns the exec's error.
+fn exec_restoring(
+    path: &std::path::Path,
+    rest: &[OsString],
+    bundle: &std::path::Path,
+    original: &kata_sriov::oci::spec::Spec,
+    log: &Logger,
+) -> delegate::DelegateError {
+    let e = delegate::exec(path, rest);
+    error!(log, "start: {e}"; "bundle" => %bundle.display());
+    if let Err(w) = flow::write_bundle_config(bundle, original) {
+        error!(log, "start: restoring config.json: {w}"; "bundle" => %bundle.display());
+    }
+    e
 }
 
 /// `start` of a spec that asks for nothing itself: a pod's sandbox still
@@ -216,35 +229,23 @@ fn start_unclaimed(
     path: &std::path::Path,
     rest: &[OsString],
     bundle: &std::path::Path,
-    mut spec: kata_sriov::oci::spec::Spec,
+    spec: kata_sriov::oci::spec::Spec,
     id: &str,
 ) -> Result<Infallible> {
     let log = open_log(cfg);
-    let original = spec.clone();
     // No state directory: nothing was ever prepared on this host.
-    let added = match coldplug::sandbox_pod(&spec) {
-        None => 0,
-        Some(_) if !cfg.state_dir.is_dir() => 0,
-        Some(_) => {
-            let nl = KernelNetlink::new().context("opening netlink")?;
-            let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
-            let engine = Engine::new(cfg, &nl, &binder)?;
-            pod::add_prepared(&engine, &mut spec, &[], &log)?
-        }
-    };
-    if added > 0 {
-        flow::write_bundle_config(bundle, &spec)?;
-    } else {
-        info!(log, "start: no request"; "id" => id, "delegate" => %path.display());
-    }
-    let e = delegate::exec(path, rest);
-    if added > 0 {
-        error!(log, "start: {e}"; "id" => id);
-        if let Err(w) = flow::write_bundle_config(bundle, &original) {
-            error!(log, "start: restoring config.json: {w}"; "id" => id);
+    if coldplug::sandbox_pod(&spec).is_some() && cfg.state_dir.is_dir() {
+        let nl = KernelNetlink::new().context("opening netlink")?;
+        let binder = SysfsBinder::new(SysfsRoot::new(&cfg.sysfs_root));
+        let engine = Engine::new(cfg, &nl, &binder)?;
+        let mut edited = spec.clone();
+        if pod::add_prepared(&engine, &mut edited, &[], &log)? > 0 {
+            flow::write_bundle_config(bundle, &edited)?;
+            return Err(exec_restoring(path, rest, bundle, &spec, &log).into());
         }
     }
-    Err(e.into())
+    info!(log, "start: no request"; "id" => id, "delegate" => %path.display());
+    Err(delegate::exec(path, rest).into())
 }
 
 fn release_after_failure(engine: &Engine<'_>, owner: &str, log: &Logger) {
