@@ -6,8 +6,9 @@
 
 use kata_sriov::pci::PciAddress;
 
-/// Kind of the CDI devices the DRA driver writes.
-pub const CDI_KIND: &str = "kata-sriov.io/vf";
+/// Kind of the CDI devices the DRA driver writes (the one kind of a
+/// claimed VF, `kata_sriov::oci::cdi::VF_KIND`).
+pub use kata_sriov::oci::cdi::VF_KIND as CDI_KIND;
 /// Prefix of the CDI spec files the DRA driver writes (`<prefix><uid>.json`).
 pub const CDI_FILE_PREFIX: &str = "kata-sriov-dra-";
 /// Most devices in one ResourceSlice (the API's limit).

@@ -25,7 +25,7 @@ use crate::policy::request::NetworkRequest;
 use crate::state::ledger::OwnerCheck;
 
 /// The CDI kind of the devices (the Kubernetes agent's too).
-pub const KIND: &str = "kata-sriov.io/vf";
+pub use crate::oci::cdi::VF_KIND as KIND;
 /// The owner a CDI claim's lease is recorded under: `cdi/NAME`.
 pub const OWNER_PREFIX: &str = "cdi/";
 /// The spec file of a CDI claim: `kata-sriov-cdi-NAME.json`.

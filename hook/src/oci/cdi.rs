@@ -40,6 +40,9 @@ use crate::state::atomic::{self, Place};
 
 /// The CDI spec version written (0.6.0 added device annotations).
 pub const CDI_VERSION: &str = "0.6.0";
+/// The CDI kind of a claimed VF (`kata-sriov cdi claim` and the DRA driver;
+/// the device plugin's kind is its resource name).
+pub const VF_KIND: &str = "kata-sriov.io/vf";
 /// Where runtimes look for CDI specs written at run time.
 pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
 /// Prefix of the environment variable carrying one VF's guest description.
